@@ -1,0 +1,31 @@
+# Two entry points: `make demo` runs the main job on the bundled dataset, `make test` runs the suite.
+# Both create .venv and install ttds into it first.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test install benchmark lint clean
+
+$(STAMP): pyproject.toml scripts/install_torch.sh
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip >/dev/null
+	PY=$(PY) bash scripts/install_torch.sh
+	$(PY) -m pip install -e ".[dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(PY) train.py experiment=demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+benchmark: $(STAMP)
+	$(PY) -m benchmarks.preprocess_yelp
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check ttds tests train.py serve.py
+
+clean:
+	rm -rf outputs .cache

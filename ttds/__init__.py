@@ -1,0 +1,3 @@
+"""ttds: a twin-tower dynamic semantic-ID generative recommender."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""Data layer: readers, preprocessing, leave-one-out split and training-only views."""
