@@ -1,0 +1,1 @@
+"""Pipeline stages behind `python train.py stage=...`; each reads and writes the run directory."""
