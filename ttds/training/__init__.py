@@ -1,0 +1,1 @@
+"""Training utilities shared by the Lightning stages: resumable sampling and safe checkpoints."""
