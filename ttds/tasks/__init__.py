@@ -1,0 +1,1 @@
+"""Tuning tasks: templates plus example builders over the training-only views."""

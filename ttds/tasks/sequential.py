@@ -1,0 +1,56 @@
+"""Sequential tasks: a history predicts the next item, as IDs or as titles."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ttds.tasks.base import Vocabulary
+from ttds.tasks.task_data import TaskData
+
+
+def _history_fields(record: tuple, vocab: Vocabulary) -> dict[str, str]:
+    user, history, _ = record
+    return {
+        "user": vocab.user_ids[user],
+        "history": vocab.items(history),
+        "history_titles": "; ".join(vocab.item_titles[i] for i in history),
+    }
+
+
+@dataclass
+class Sequential:
+    """User ID + history item IDs -> next item ID (the main task). Record: (user, history, target)."""
+
+    name: str = "sequential"
+
+    def build(self, data: TaskData) -> list[tuple]:
+        return data.training_pairs
+
+    def render(self, record: tuple, vocab: Vocabulary, template: str) -> tuple[str, str]:
+        return template.format(**_history_fields(record, vocab)), vocab.item_ids[record[2]]
+
+
+@dataclass
+class TitlesToNextId:
+    """History as titles -> next item ID."""
+
+    name: str = "titles_to_next_id"
+
+    def build(self, data: TaskData) -> list[tuple]:
+        return data.training_pairs
+
+    def render(self, record: tuple, vocab: Vocabulary, template: str) -> tuple[str, str]:
+        return template.format(**_history_fields(record, vocab)), vocab.item_ids[record[2]]
+
+
+@dataclass
+class IdsToNextTitle:
+    """History as IDs -> next item's title."""
+
+    name: str = "ids_to_next_title"
+
+    def build(self, data: TaskData) -> list[tuple]:
+        return data.training_pairs
+
+    def render(self, record: tuple, vocab: Vocabulary, template: str) -> tuple[str, str]:
+        return template.format(**_history_fields(record, vocab)), vocab.item_titles[record[2]]
