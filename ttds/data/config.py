@@ -18,7 +18,7 @@ class PreprocessConfig:
     min_rating: float | None = None  # drop events rated below this before the k-core; None keeps all
     max_history: int = 20  # history items kept before each target (most recent last)
     fallback_title: str = "item {item_id}"  # title for items with no usable title or no metadata row
-    clean_text: bool = True  # unescape HTML once, Unicode NFC, collapse whitespace
+    clean_text: bool = True  # unescape HTML entities until none is left, Unicode NFC, collapse whitespace
 
     def __post_init__(self) -> None:
         if self.duplicates not in DUPLICATE_POLICIES:

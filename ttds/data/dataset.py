@@ -14,8 +14,9 @@ SPLITS = ("train", "valid", "test")
 class ProcessedDataset:
     """A dataset after preprocessing and the leave-one-out split.
 
-    events: user_idx (int32), item_idx (int32), timestamp (int64), position (int32, 0 = oldest event of
-        the user), split (str: "train", "valid" or "test"). Sorted by user_idx then position.
+    events: user_idx (int32), item_idx (int32), timestamp (int64), file_row (int64, order in the source file,
+        which breaks timestamp ties), position (int32, 0 = oldest event of the user), split (str: "train",
+        "valid" or "test"). Sorted by user_idx then position.
     items: item_idx (int32, 0..n_items-1), item_id (str), title, brand, description (str),
         categories (list[str]), has_metadata (bool, false when the item had no metadata row),
         title_fallback (bool, true when the title was missing or empty and the fallback was used).
