@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -29,6 +30,11 @@ class Vocabulary:
 
     def users(self, indices: list[int] | tuple[int, ...]) -> str:
         return ", ".join(self.user_ids[u] for u in indices)
+
+
+def tidy_prompt(prompt: str) -> str:
+    """Collapse the double spaces an empty field (e.g. no user ID) leaves in a template."""
+    return re.sub(r" {2,}", " ", prompt)
 
 
 class Task(Protocol):

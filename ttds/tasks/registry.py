@@ -11,14 +11,14 @@ import torch
 
 from ttds.data.config import build_strict
 from ttds.tasks.alignment import IdToTitle, ItemToId, TextToUser, UserToText
-from ttds.tasks.base import Task, TemplateSet, Vocabulary
+from ttds.tasks.base import Task, TemplateSet, Vocabulary, tidy_prompt
 from ttds.tasks.high_order import ItemToItems, ItemToUser, UserToUsers
 from ttds.tasks.sequential import IdsToNextTitle, Sequential, TitlesToNextId
 from ttds.tasks.task_data import TaskData
 
 log = logging.getLogger(__name__)
 
-TASKS: dict[str, type] = {
+TASKS: dict[str, Task] = {
     task.name: task
     for task in (
         Sequential(),
@@ -70,6 +70,15 @@ def tasks_config_from_dict(values: dict[str, Any]) -> TasksConfig:
     return build_strict(TasksConfig, dict(values), "tasks")
 
 
+def without_user_id_tasks(cfg: TasksConfig) -> TasksConfig:
+    """A copy of ``cfg`` whose tasks that read or write user IDs have weight 0 (for runs without user IDs)."""
+    dropped = [name for name in USER_ID_TASKS if name in cfg.mixture and cfg.mixture[name].weight > 0]
+    if dropped:
+        log.info("no user IDs: dropping tasks %s", dropped)
+    mixture = {name: TaskSpec(0.0, spec.max_examples) if name in USER_ID_TASKS else spec for name, spec in cfg.mixture.items()}
+    return TasksConfig(templates=cfg.templates, mixture=mixture, neighbours=cfg.neighbours)
+
+
 class TaskRecords:
     """Index-only records of every task in a mixture, built once from the training views."""
 
@@ -110,7 +119,8 @@ class TaskRecords:
     def render(self, example: tuple[str, int, int], vocab: Vocabulary) -> tuple[str, str]:
         name, record_index, template_index = example
         template = self.templates.for_task(name)[template_index]
-        return TASKS[name].render(self.records[name][record_index], vocab, template)
+        prompt, response = TASKS[name].render(self.records[name][record_index], vocab, template)
+        return tidy_prompt(prompt), response
 
 
 class PromptDataset(torch.utils.data.Dataset):

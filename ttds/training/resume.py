@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import lightning as L
@@ -12,8 +13,9 @@ from ttds.training.sampler import ResumableSampler
 class SamplerResume(L.Callback):
     """Count the batches of the running epoch so that a mid-epoch checkpoint resumes at the next batch."""
 
-    def __init__(self, sampler: ResumableSampler):
+    def __init__(self, sampler: ResumableSampler, epoch_listeners: Sequence[Callable[[int], None]] = ()):
         self.sampler = sampler
+        self.epoch_listeners = list(epoch_listeners)  # e.g. a dataset that draws a new task mixture per epoch
         self.batches_done = 0
         self._restored = False
 
@@ -21,9 +23,11 @@ class SamplerResume(L.Callback):
         if self._restored:
             # The sampler already holds the epoch and the batches to skip from the checkpoint.
             self._restored = False
-            return
-        self.sampler.set_epoch(trainer.current_epoch)
-        self.batches_done = 0
+        else:
+            self.sampler.set_epoch(trainer.current_epoch)
+            self.batches_done = 0
+        for listener in self.epoch_listeners:
+            listener(self.sampler.epoch)
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
         self.batches_done += 1

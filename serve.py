@@ -1,0 +1,23 @@
+"""Batch recommendations from a trained run.
+
+    python serve.py run_dir=outputs/movietweetings_100k/<date_time> users=all top_k=10 output=recs.parquet
+    python serve.py run_dir=... users=my_users.txt output=recs.jsonl unknown_users=popular
+"""
+
+import hydra
+from omegaconf import DictConfig
+
+from ttds.paths import register_resolvers
+from ttds.serving import serve
+
+register_resolvers()
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="serve")
+def main(cfg: DictConfig) -> None:
+    path = serve(cfg)
+    print(f"recommendations written to {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,100 @@
+"""The main job and serve.py, run as a user runs them, on the 20-core of the bundled MovieTweetings."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from ttds.paths import REPO_ROOT
+
+pytestmark = pytest.mark.slow
+
+
+def _run(args: list[str], env: dict) -> subprocess.CompletedProcess:
+    result = subprocess.run([sys.executable, *args], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return result
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("e2e")
+    env = dict(os.environ, TTDS_CACHE_DIR=str(root / "cache"), TTDS_SERVE_LOG_DIR=str(root / "serve_logs"))
+    run_dir = root / "run"
+    result = _run(["train.py", "experiment=tiny", f"paths.run_dir={run_dir}", f"hydra.run.dir={root / 'hydra'}"], env)
+    return run_dir, env, result
+
+
+def test_every_stage_marks_done(tiny_run):
+    run_dir, _, _ = tiny_run
+    for stage in ("data", "tokenize", "llm", "evaluate"):
+        assert (run_dir / stage / "DONE.json").is_file(), stage
+
+
+def test_metrics_cover_every_requested_user(tiny_run):
+    run_dir, _, result = tiny_run
+    metrics = json.loads((run_dir / "evaluate" / "metrics.json").read_text())
+    assert set(metrics) == {"valid", "test"}
+    assert metrics["test"]["n_users"] == 32
+    assert metrics["test"]["invalid_user_rate"] == 0.0
+    assert 0.0 <= metrics["test"]["ndcg@10"] <= metrics["test"]["hr@10"] <= 1.0
+    assert "| test |" in result.stdout
+
+
+def test_adapter_checkpoint_has_no_pickles(tiny_run):
+    run_dir, _, _ = tiny_run
+    files = [p for p in (run_dir / "llm").rglob("*") if p.is_file()]
+    assert any(p.name == "adapter.safetensors" for p in files)
+    assert not any(p.suffix in (".pt", ".pth", ".bin", ".pkl") for p in files)
+
+
+def test_rerun_reuses_finished_stages(tiny_run, tmp_path):
+    run_dir, env, _ = tiny_run
+    before = (run_dir / "llm" / "adapter" / "adapter.safetensors").stat().st_mtime_ns
+    _run(["train.py", "experiment=tiny", f"paths.run_dir={run_dir}", f"hydra.run.dir={tmp_path / 'hydra'}", "eval.splits=[test]"], env)
+    assert (run_dir / "llm" / "adapter" / "adapter.safetensors").stat().st_mtime_ns == before
+
+
+def test_serve_writes_ranked_recommendations(tiny_run, tmp_path):
+    run_dir, env, _ = tiny_run
+    output = tmp_path / "recs.parquet"
+    _run(["serve.py", f"run_dir={run_dir}", "users=all", "top_k=5", "beam_width=10", f"output={output}", "chunk_size=50"], env)
+
+    recs = pl.read_parquet(output)
+    assert recs["user_id"].n_unique() == 196
+    assert recs.group_by("user_id").len()["len"].max() == 5
+    assert recs["cold_start"].sum() == 0
+    assert recs["item_id"].null_count() == 0
+
+
+def test_serve_flags_unknown_users_as_cold_start(tiny_run, tmp_path):
+    run_dir, env, _ = tiny_run
+    users = tmp_path / "users.txt"
+    users.write_text("user_id\nnobody-123\n")
+    output = tmp_path / "recs.jsonl"
+    _run(["serve.py", f"run_dir={run_dir}", f"users={users}", "top_k=3", "beam_width=10", f"output={output}", "unknown_users=popular"], env)
+
+    rows = [json.loads(line) for line in output.read_text().splitlines()]
+    assert len(rows) == 3
+    assert all(row["cold_start"] for row in rows)
+
+
+def test_serve_rejects_unknown_users_by_default(tiny_run, tmp_path):
+    run_dir, env, _ = tiny_run
+    users = tmp_path / "users.txt"
+    users.write_text("nobody-123\n")
+    result = subprocess.run(
+        [sys.executable, "serve.py", f"run_dir={run_dir}", f"users={users}", f"output={tmp_path / 'r.csv'}"],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode != 0
+    assert "unknown_users=popular" in result.stderr
+    assert not (tmp_path / "r.csv").exists()

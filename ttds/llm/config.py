@@ -1,0 +1,47 @@
+"""Typed settings of the LM stages; conf/llm/*.yaml mirrors them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from ttds.data.config import build_strict
+
+
+@dataclass
+class LLMConfig:
+    """Optimisation and schedule of the dynamic and static stages."""
+
+    batch_size: int = 16  # examples per optimizer step and process
+    learning_rate: float = 5e-4  # AdamW peak learning rate
+    weight_decay: float = 0.0
+    warmup_steps: int = 20  # linear warm-up, then linear decay to 10% at the stage's last step
+    gradient_clip: float = 1.0  # max gradient norm; 0 turns clipping off
+    dynamic_steps: int = 100  # optimizer steps of stage 1 (LM and towers together); 0 skips stage 1
+    static_steps: int = 300  # optimizer steps of stage 2 on frozen IDs
+    refresh_every: int = 50  # stage 1: re-encode entity texts with the LM and recompute IDs every N steps
+    tower_weight: float = 1.0  # stage 1: weight of the towers' own losses
+    tower_batch_size: int = 256  # stage 1: entities per tower loss
+    align_weight: float = 0.1  # stage 1: weight of the ID-text alignment loss (InfoNCE + MSE)
+    align_temperature: float = 0.1  # stage 1: InfoNCE temperature
+    align_batch_size: int = 32  # stage 1: entities per alignment loss
+    user_ids: bool = True  # false: prompts carry no user ID and the tasks that need user IDs are dropped (ablation)
+    suffix_reserve: int = 16  # suffix tokens added beyond the initial table's, so IDs can move in stage 1
+    checkpoint_every_n_steps: int = 100  # resumable checkpoint interval
+    num_workers: int = 0  # DataLoader worker processes
+
+    def __post_init__(self) -> None:
+        positive = ("batch_size", "learning_rate", "refresh_every", "tower_batch_size", "align_batch_size", "align_temperature", "checkpoint_every_n_steps")
+        for key in positive:
+            if getattr(self, key) <= 0:
+                raise ValueError(f"llm.{key}={getattr(self, key)} must be positive.")
+        non_negative = ("weight_decay", "warmup_steps", "gradient_clip", "dynamic_steps", "tower_weight", "align_weight", "suffix_reserve", "num_workers")
+        for key in non_negative:
+            if getattr(self, key) < 0:
+                raise ValueError(f"llm.{key}={getattr(self, key)} must not be negative.")
+        if self.static_steps < 1:
+            raise ValueError(f"llm.static_steps={self.static_steps} must be at least 1: stage 2 trains on the frozen IDs that are evaluated.")
+
+
+def llm_config_from_dict(values: dict[str, Any]) -> LLMConfig:
+    return build_strict(LLMConfig, dict(values), "llm")

@@ -1,0 +1,190 @@
+"""Stage 1 (dynamic index): the LM and both towers train together while the IDs move.
+
+Every ``refresh_every`` steps the LM re-embeds every entity's text (mean-pooled last hidden state,
+no gradient), the towers re-encode those embeddings with the fixed collaborative vectors, and the ID
+strings that prompts are rendered from are replaced. Between refreshes the towers keep training on the
+cached embeddings with their own losses, and an alignment loss (InfoNCE + MSE) pulls the LM's
+embedding of an entity's ID string toward its embedding of the entity's text, text side detached.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ttds.backbone.loss import causal_lm_loss
+from ttds.llm.config import LLMConfig
+from ttds.llm.pooling import encode_texts, pooled_embeddings
+from ttds.llm.recommender import RecommenderModule
+from ttds.tasks.base import Vocabulary
+from ttds.tokenizer.id_table import SemanticIdTable
+from ttds.tokenizer.towers import DualModalityVAE
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EntitySide:
+    """Everything stage 1 needs about one entity type (items or users)."""
+
+    name: str  # "item" or "user"
+    tower: DualModalityVAE
+    texts: list[str]  # the text the LM embeds, one per entity
+    keys: list[str]  # stable keys for collision suffixes
+    semantic: Tensor  # (N, d_s) current text embeddings
+    collaborative: Tensor | None  # (N, d_c) fixed SASRec vectors, or None when the tower is semantic-only
+    n_suffix_tokens: int  # suffix tokens in the vocabulary; 0 for a table without suffixes
+
+
+def render_ids(table: SemanticIdTable, n_suffix_tokens: int) -> list[str]:
+    """ID strings of every entity; a suffix beyond the vocabulary's suffix tokens is clipped to the last one.
+
+    NOTE: clipping can make two items share an ID string in prompts during stage 1; the frozen table built
+    afterwards has unique IDs or raises.
+    """
+    ids = table.ids  # (N, L) or (N, L + 1)
+    if table.has_suffix:
+        ids = ids.copy()
+        ids[:, -1] = np.minimum(ids[:, -1], n_suffix_tokens - 1)
+    letters = [table.prefix + chr(ord("a") + level) for level in range(ids.shape[1])]
+    return ["".join(f"<{letters[level]}_{code}>" for level, code in enumerate(row)) for row in ids.tolist()]
+
+
+def info_nce(queries: Tensor, keys: Tensor, temperature: float) -> Tensor:
+    """Cross-entropy of each query against all keys in the batch, its own key being the positive: (B, D), (B, D) -> ()."""
+    logits = queries @ keys.T / temperature  # (B, B)
+    return F.cross_entropy(logits, torch.arange(queries.shape[0], device=queries.device))
+
+
+class DynamicRecommenderModule(RecommenderModule):
+    """RecommenderModule plus the two towers, the periodic refresh and the ID-text alignment loss."""
+
+    def __init__(self, model: nn.Module, tokenizer, cfg: LLMConfig, total_steps: int, sides: list[EntitySide], vocab: Vocabulary, max_length: int):
+        super().__init__(model, cfg, total_steps)
+        self.tokenizer = tokenizer
+        self.sides = {side.name: side for side in sides}
+        self.towers = nn.ModuleDict({side.name: side.tower for side in sides})
+        for side in sides:
+            self.register_buffer(f"semantic_{side.name}", side.semantic.float().clone())
+            if side.collaborative is not None:
+                self.register_buffer(f"collaborative_{side.name}", side.collaborative.float().clone(), persistent=False)
+        self.vocab = vocab
+        self.max_length = max_length
+        self.refreshes = 0
+        self._generator = torch.Generator().manual_seed(cfg.checkpoint_every_n_steps * 7919 + total_steps)
+
+    # --- IDs ---
+
+    def _inputs(self, name: str, index: Tensor | None = None) -> tuple[Tensor | None, Tensor | None]:
+        tower = self.towers[name]
+        s = getattr(self, f"semantic_{name}")
+        c = getattr(self, f"collaborative_{name}", None)
+        if index is not None:
+            s = s[index]
+            c = c[index] if c is not None else None
+        return (s if tower.config.uses_semantic else None), (c if tower.config.uses_collaborative else None)
+
+    @torch.no_grad()
+    def table(self, name: str, max_suffix: int | None = None) -> SemanticIdTable:
+        """Deterministic ID table of one side from the current embeddings and tower (nearest codeword, no balancing)."""
+        tower = self.towers[name]
+        was_training = tower.training
+        tower.eval()
+        s, c = self._inputs(name)
+        codes = torch.cat([tower.encode(*[x.to(self.device) if x is not None else None for x in (s_part, c_part)]).cpu() for s_part, c_part in _chunks(s, c)])
+        tower.train(was_training)
+        config = tower.config
+        return SemanticIdTable(codes.numpy(), self.sides[name].keys, config.quantizer.codebook_size, config.id_prefix, config.add_suffix, max_suffix)
+
+    def update_vocabulary(self) -> None:
+        for name, side in self.sides.items():  # only the sides this run trains; without user IDs, items only
+            ids = render_ids(self.table(name), side.n_suffix_tokens)
+            if name == "item":
+                self.vocab.item_ids[:] = ids
+            else:
+                self.vocab.user_ids[:] = ids
+
+    def refresh(self) -> None:
+        """Re-embed every entity's text with the current LM, then recompute the IDs prompts use."""
+        for name, side in self.sides.items():
+            vectors = encode_texts(self.model, self.tokenizer, side.texts, batch_size=64, max_length=self.max_length, device=self.device)
+            getattr(self, f"semantic_{name}").copy_(vectors)
+        self.update_vocabulary()
+        self.refreshes += 1
+        log.info("stage 1: refresh %d at step %d", self.refreshes, self.global_step)
+
+    # --- losses ---
+
+    def _sample(self, n: int, size: int) -> Tensor:
+        return torch.randint(0, n, (min(size, n),), generator=self._generator)
+
+    def tower_loss(self) -> Tensor:
+        total = torch.zeros((), device=self.device)
+        for name, tower in self.towers.items():
+            index = self._sample(len(self.sides[name].keys), self.cfg.tower_batch_size)
+            s, c = self._inputs(name, index)
+            output = tower(s, c)
+            self.log(f"train/tower_{name}_loss", output.losses["loss"].detach(), batch_size=index.numel())
+            total = total + output.losses["loss"]
+        return total
+
+    def alignment_loss(self) -> Tensor:
+        total = torch.zeros((), device=self.device)
+        for name, side in self.sides.items():
+            index = self._sample(len(side.keys), self.cfg.align_batch_size)
+            id_strings = self.vocab.item_ids if name == "item" else self.vocab.user_ids
+            batch = self.tokenizer([id_strings[i] for i in index.tolist()], padding=True, add_special_tokens=False, return_tensors="pt")
+            id_vectors = pooled_embeddings(self.model, batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device))  # (B, D)
+            text_vectors = getattr(self, f"semantic_{name}")[index.to(self.device)].detach()  # (B, D)
+            loss = info_nce(id_vectors, text_vectors, self.cfg.align_temperature) + F.mse_loss(id_vectors, text_vectors, reduction="sum") / index.numel()
+            self.log(f"train/align_{name}_loss", loss.detach(), batch_size=index.numel())
+            total = total + loss
+        return total
+
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        if self.global_step > 0 and self.global_step % self.cfg.refresh_every == 0:
+            self.refresh()
+
+    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
+        lm_loss = causal_lm_loss(self.model, batch)
+        loss = lm_loss
+        if self.cfg.tower_weight > 0:
+            loss = loss + self.cfg.tower_weight * self.tower_loss()
+        if self.cfg.align_weight > 0:
+            loss = loss + self.cfg.align_weight * self.alignment_loss()
+        self.log("train/lm_loss", lm_loss.detach(), prog_bar=True, batch_size=batch["input_ids"].shape[0])
+        self.log("train/loss", loss.detach(), batch_size=batch["input_ids"].shape[0])
+        return loss
+
+    # --- optimisation and checkpoints ---
+
+    def param_groups(self) -> list[dict]:
+        """The LM group, plus one group per tower at the tower's own learning rate and no weight decay."""
+        groups = super().param_groups()
+        for tower in self.towers.values():
+            groups.append({"params": [p for p in tower.parameters() if p.requires_grad], "lr": tower.config.learning_rate, "weight_decay": 0.0})
+        return groups
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        keep = {name for name, p in self.named_parameters() if p.requires_grad}
+        keep |= {name for name, _ in self.named_buffers() if name.startswith("semantic_") or name.startswith("towers.")}
+        checkpoint["state_dict"] = {name: value for name, value in checkpoint["state_dict"].items() if name in keep}
+        checkpoint["ttds_refreshes"] = self.refreshes
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.refreshes = checkpoint.get("ttds_refreshes", 0)
+
+    def on_train_start(self) -> None:
+        # IDs follow the restored embeddings and towers when resuming, the tokenize stage's otherwise.
+        self.update_vocabulary()
+
+
+def _chunks(s: Tensor | None, c: Tensor | None, size: int = 8192):
+    n = (s if s is not None else c).shape[0]
+    for start in range(0, n, size):
+        yield (s[start : start + size] if s is not None else None), (c[start : start + size] if c is not None else None)

@@ -1,0 +1,91 @@
+"""Stage `evaluate`: leave-one-out full ranking on validation and test through constrained beam search."""
+
+from __future__ import annotations
+
+import logging
+
+import polars as pl
+import torch
+from omegaconf import OmegaConf
+from tqdm import tqdm
+
+from ttds.data.views import evaluation_examples
+from ttds.decoding.beam import DecodingConfig
+from ttds.eval.metrics import RankingMetrics, metrics_markdown, user_results_frame, write_metrics
+from ttds.llm.dynamic import render_ids
+from ttds.recommend import EVAL_TEMPLATE_INDEX, Recommender, build_trie
+from ttds.stages.context import RunContext
+from ttds.stages.loading import load_trained
+from ttds.tasks.base import Vocabulary, load_templates
+
+log = logging.getLogger(__name__)
+
+
+def build_recommender(ctx: RunContext, trained: dict) -> Recommender:
+    """A Recommender for the run's frozen model and tables with the eval config's decoding settings."""
+    eval_cfg = ctx.cfg.eval
+    dataset = ctx.artefacts["dataset"]
+    tables = trained["tables"]
+    item_table = tables["item"]
+    vocab = Vocabulary(
+        item_ids=render_ids(item_table, max(item_table.n_suffix, 1)),
+        user_ids=render_ids(tables["user"], 0) if ctx.cfg.llm.user_ids else [""] * dataset.n_users,
+        item_titles=dataset.items.sort("item_idx")["title"].to_list(),
+        item_texts=[],
+        user_texts=[],
+    )
+    template = load_templates(ctx.cfg.tasks.templates).for_task("sequential")[EVAL_TEMPLATE_INDEX]
+    decoding = DecodingConfig(beam_width=eval_cfg.beam_width, top_k=list(eval_cfg.top_k), exclude_history=eval_cfg.exclude_history)
+    # Leave room for the ID and EOS below the model's length limit.
+    prompt_max_length = int(ctx.cfg.backbone.max_length) - item_table.id_length - 1
+    return Recommender(
+        model=trained["model"],
+        tokenizer=trained["tokenizer"],
+        trie=build_trie(trained["tokenizer"], item_table),
+        vocab=vocab,
+        template=template,
+        decoding=decoding,
+        prompt_max_length=prompt_max_length,
+        batch_size=int(eval_cfg.batch_size),
+    )
+
+
+def evaluate_split(recommender: Recommender, dataset, split: str, max_history: int, max_users: int | None) -> tuple[dict, pl.DataFrame]:
+    examples = evaluation_examples(dataset, split, max_history)
+    if max_users is not None:
+        examples = examples.head(max_users)
+    users = examples["user_idx"].to_list()
+    histories = examples["history"].to_list()
+    targets = torch.tensor(examples["target"].to_list(), dtype=torch.long)
+
+    metrics = RankingMetrics(dataset.n_items, cutoffs=recommender.decoding.top_k)
+    frames = []
+    progress = tqdm(total=len(users), desc=f"evaluate {split}", unit="user", mininterval=5)
+    for span, result in recommender.batches(users, histories):
+        batch_targets = targets[span.start : span.stop]
+        ranks = metrics.update(result.items.cpu(), batch_targets)
+        frames.append(user_results_frame(users[span.start : span.stop], batch_targets, ranks, recommender.decoding.top_k))
+        progress.update(len(span))
+    progress.close()
+    return metrics.compute(), pl.concat(frames) if frames else pl.DataFrame()
+
+
+def run(ctx: RunContext) -> dict:
+    out = ctx.stage_dir("evaluate")
+    trained = load_trained(ctx)
+    recommender = build_recommender(ctx, trained)
+    dataset = ctx.artefacts["dataset"]
+    max_history = int(ctx.cfg.dataset.preprocess.max_history)
+    max_users = ctx.cfg.eval.max_users
+
+    rows = {}
+    for split in ctx.cfg.eval.splits:
+        metrics, per_user = evaluate_split(recommender, dataset, split, max_history, max_users)
+        rows[split] = metrics
+        per_user.write_parquet(out / f"{split}_per_user.parquet")
+    json_path, _ = write_metrics(out / "metrics.json", rows)
+
+    log.info("metrics written to %s", json_path)
+    print(metrics_markdown(rows))  # noqa: T201 - the metrics table is the job's main output on the console
+    ctx.mark_done("evaluate", {"metrics": rows, "config": OmegaConf.to_container(ctx.cfg.eval, resolve=True)})
+    return rows

@@ -1,0 +1,160 @@
+"""Stage `llm`: LoRA-tune the backbone on the task mixture, stage 1 dynamic then stage 2 static on frozen IDs."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import lightning as L
+from omegaconf import OmegaConf
+
+from ttds.backbone.checkpoint import save_adapter_checkpoint
+from ttds.backbone.collate import PromptCollator
+from ttds.backbone.config import backbone_config_from_dict
+from ttds.backbone.lm import load_backbone
+from ttds.backbone.lora import apply_lora
+from ttds.backbone.tokens import add_id_tokens
+from ttds.checkpoint_io import SafetensorsCheckpointIO
+from ttds.llm.config import llm_config_from_dict
+from ttds.llm.data import PromptDataModule
+from ttds.llm.dynamic import DynamicRecommenderModule, EntitySide, render_ids
+from ttds.llm.recommender import RecommenderModule
+from ttds.stages.context import RunContext, write_json_atomic
+from ttds.stages.loading import load_trained
+from ttds.tasks.base import Vocabulary, load_templates
+from ttds.tasks.registry import PromptDataset, TaskRecords, tasks_config_from_dict, without_user_id_tasks
+from ttds.tasks.task_data import TaskData
+from ttds.tokenizer.artefacts import SIDES, tables_hash
+from ttds.tokenizer.id_table import SemanticIdTable
+
+log = logging.getLogger(__name__)
+
+
+def id_token_list(tables: dict[str, SemanticIdTable], suffix_tokens: int, with_users: bool = True) -> list[str]:
+    """Every ID token of the item table (suffix vocabulary widened to ``suffix_tokens``) and of the user table."""
+    item, user = tables["item"], tables["user"]
+    tokens = [t for t in item.vocabulary() if not t.startswith(f"<{chr(ord('a') + item.levels)}_")]
+    if item.has_suffix:
+        tokens += [f"<{item.prefix}{chr(ord('a') + item.levels)}_{value}>" for value in range(suffix_tokens)]
+    return tokens + (user.vocabulary() if with_users else [])
+
+
+def _trainer(ctx: RunContext, max_steps: int, folder: Path, datamodule: PromptDataModule, llm_cfg) -> L.Trainer:
+    trainer_cfg = ctx.cfg.trainer
+    checkpoint = L.pytorch.callbacks.ModelCheckpoint(
+        dirpath=folder, filename="step-{step}", every_n_train_steps=llm_cfg.checkpoint_every_n_steps, save_top_k=1, monitor="step", mode="max", save_last=True
+    )
+    return L.Trainer(
+        accelerator=trainer_cfg.accelerator,
+        devices=trainer_cfg.devices,
+        strategy=trainer_cfg.strategy,
+        precision=trainer_cfg.precision,
+        max_steps=max_steps,
+        max_epochs=-1,
+        log_every_n_steps=trainer_cfg.log_every_n_steps,
+        gradient_clip_val=llm_cfg.gradient_clip or None,
+        default_root_dir=folder,
+        logger=L.pytorch.loggers.CSVLogger(folder, name="logs"),
+        callbacks=[checkpoint, datamodule.resume_callback],
+        plugins=[SafetensorsCheckpointIO()],
+        use_distributed_sampler=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+    )
+
+
+def _resume_path(folder: Path) -> Path | None:
+    last = folder / "last.ckpt"
+    return last if last.is_file() else None
+
+
+def run(ctx: RunContext) -> dict:
+    out = ctx.stage_dir("llm")
+    if ctx.is_done("llm"):
+        load_trained(ctx)
+        return {}
+    tok = ctx.artefacts["tokenize"]
+    dataset = ctx.artefacts["dataset"]
+    llm_cfg = llm_config_from_dict(OmegaConf.to_container(ctx.cfg.llm, resolve=True))
+    backbone_cfg = backbone_config_from_dict(OmegaConf.to_container(ctx.cfg.backbone, resolve=True))
+    tasks_cfg = tasks_config_from_dict(OmegaConf.to_container(ctx.cfg.tasks, resolve=True))
+    if not llm_cfg.user_ids:
+        tasks_cfg = without_user_id_tasks(tasks_cfg)
+    sides_used = SIDES if llm_cfg.user_ids else ("item",)
+
+    # Backbone, ID tokens, LoRA.
+    suffix_tokens = tok.tables["item"].n_suffix + llm_cfg.suffix_reserve
+    tokens = id_token_list(tok.tables, suffix_tokens, with_users=llm_cfg.user_ids)
+    model, tokenizer = load_backbone(backbone_cfg)
+    token_ids = add_id_tokens(model, tokenizer, tokens, seed=backbone_cfg.seed)
+    model = apply_lora(model, tokenizer, backbone_cfg.lora, token_ids)
+
+    # Prompts render from the current ID strings, so stage 1 can move them in place.
+    titles = dataset.items.sort("item_idx")["title"].to_list()
+    vocab = Vocabulary(
+        item_ids=render_ids(tok.tables["item"], suffix_tokens),
+        user_ids=render_ids(tok.tables["user"], 0) if llm_cfg.user_ids else [""] * dataset.n_users,
+        item_titles=titles,
+        item_texts=tok.texts["item"],
+        user_texts=tok.texts["user"],
+    )
+    templates = load_templates(tasks_cfg.templates)
+    records = TaskRecords(TaskData(dataset, int(ctx.cfg.dataset.preprocess.max_history), tasks_cfg.neighbours), tasks_cfg, templates)
+    collator = PromptCollator(tokenizer, backbone_cfg.max_length)
+    summary: dict = {"templates_version": templates.version, "templates_sha256": templates.sha256}
+
+    # Stage 1: dynamic index.
+    tables = dict(tok.tables)
+    if llm_cfg.dynamic_steps > 0:
+        hidden = model.get_input_embeddings().weight.shape[1]
+        for side in sides_used:
+            if tok.semantic[side].shape[1] != hidden:
+                raise ValueError(
+                    f"stage 1 re-embeds texts with the LM (hidden size {hidden}), but the {side} tower was fitted on "
+                    f"{tok.semantic[side].shape[1]}-d text vectors; set tokenizer.semantic_encoder to the backbone "
+                    "(kind=causal_lm with its model_path) or llm.dynamic_steps=0."
+                )
+        sides = [
+            EntitySide(
+                name=side,
+                tower=tok.towers[side].train(),
+                texts=tok.texts[side],
+                keys=tables[side].keys,
+                semantic=tok.semantic[side],
+                collaborative=tok.collaborative[side],
+                n_suffix_tokens=suffix_tokens if side == "item" else 0,
+            )
+            for side in sides_used
+        ]
+        module = DynamicRecommenderModule(model, tokenizer, llm_cfg, llm_cfg.dynamic_steps, sides, vocab, backbone_cfg.max_length)
+        data = PromptDataModule(PromptDataset(records, vocab, seed=int(ctx.cfg.seed)), collator, llm_cfg.batch_size, int(ctx.cfg.seed), llm_cfg.num_workers)
+        folder = out / "stage1"
+        _trainer(ctx, llm_cfg.dynamic_steps, folder, data, llm_cfg).fit(module, datamodule=data, ckpt_path=_resume_path(folder))
+
+        # Freeze: recompute every ID once, deterministically, from the final LM embeddings.
+        module.refresh()
+        tables["item"] = module.table("item", max_suffix=suffix_tokens)
+        if llm_cfg.user_ids:
+            tables["user"] = module.table("user")
+        summary["stage1_refreshes"] = module.refreshes
+
+    for side in SIDES:
+        tables[side].save(out / f"{side}_table")
+    frozen_hash = tables_hash(tables["item"], tables["user"])
+    vocab.item_ids[:] = render_ids(tables["item"], suffix_tokens)
+    if llm_cfg.user_ids:
+        vocab.user_ids[:] = render_ids(tables["user"], 0)
+
+    # Stage 2: static fine-tuning on the frozen IDs.
+    module = RecommenderModule(model, llm_cfg, llm_cfg.static_steps)
+    data = PromptDataModule(PromptDataset(records, vocab, seed=int(ctx.cfg.seed) + 1), collator, llm_cfg.batch_size, int(ctx.cfg.seed) + 1, llm_cfg.num_workers)
+    folder = out / "stage2"
+    _trainer(ctx, llm_cfg.static_steps, folder, data, llm_cfg).fit(module, datamodule=data, ckpt_path=_resume_path(folder))
+
+    save_adapter_checkpoint(out / "adapter", model, tokenizer, tokens, backbone_cfg, frozen_hash)
+    summary |= {"table_hash": frozen_hash, "id_tokens": len(tokens)} | {f"{side}_collisions": tables[side].collision_report() for side in SIDES}
+    write_json_atomic(out / "config.json", OmegaConf.to_container(ctx.cfg, resolve=True))
+    ctx.artefacts["llm"] = {"model": model.eval(), "tokenizer": tokenizer, "tables": tables, "table_hash": frozen_hash}
+    ctx.mark_done("llm", summary)
+    return summary

@@ -1,0 +1,83 @@
+"""Stage `tokenize`: texts, semantic and SASRec embeddings, both towers and their ID tables."""
+
+from __future__ import annotations
+
+import logging
+
+from omegaconf import OmegaConf
+
+from ttds.data.config import build_strict
+from ttds.data.views import evaluation_examples, training_sequences
+from ttds.embeddings.cache import cached_encode
+from ttds.embeddings.templates import TextTemplateConfig, render_item_texts, render_user_texts
+from ttds.embeddings.text_encoder import TextEncoderConfig, build_text_encoder
+from ttds.models.sasrec_module import SASRecConfig, sasrec_embeddings, sequences_by_user, targets_by_user
+from ttds.stages.context import RunContext, write_json_atomic
+from ttds.tokenizer.artefacts import SIDES, TokenizeOutputs
+from ttds.tokenizer.module import fit_tower
+from ttds.tokenizer.towers import tower_config_from_dict
+
+log = logging.getLogger(__name__)
+
+
+def run(ctx: RunContext) -> dict:
+    out = ctx.stage_dir("tokenize")
+    if ctx.is_done("tokenize"):
+        ctx.artefacts["tokenize"] = TokenizeOutputs.load(out)
+        log.info("stage tokenize: reusing %s", out)
+        return {}
+
+    cfg = OmegaConf.to_container(ctx.cfg.tokenizer, resolve=True)
+    dataset = ctx.artefacts["dataset"]
+
+    # Texts: users only see their training items.
+    text_cfg = build_strict(TextTemplateConfig, cfg["text"], "tokenizer.text")
+    sequences = sequences_by_user(training_sequences(dataset), dataset.n_users)
+    item_texts = render_item_texts(dataset.items, text_cfg)
+    titles = dataset.items.sort("item_idx")["title"].to_list()
+    user_texts = render_user_texts(dataset.users, sequences, titles, text_cfg)
+
+    # Semantic vectors.
+    encoder = build_text_encoder(build_strict(TextEncoderConfig, cfg["semantic_encoder"], "tokenizer.semantic_encoder"))
+    cache = ctx.cache_dir / "embeddings"
+    semantic = {"item": cached_encode(encoder, item_texts, cache), "user": cached_encode(encoder, user_texts, cache)}
+
+    # Collaborative vectors from SASRec, validated on the valid split only.
+    valid = evaluation_examples(dataset, "valid", dataset_max_history(ctx))
+    sasrec = sasrec_embeddings(
+        sequences,
+        dataset.n_items,
+        SASRecConfig.from_dict(cfg["sasrec"]),
+        valid_targets=targets_by_user(valid, dataset.n_users),
+        cache_dir=ctx.cache_dir / "sasrec",
+        trainer_kwargs=_trainer_kwargs(ctx),
+    )
+    collaborative = {"item": sasrec.items, "user": sasrec.users}
+
+    # Towers and ID tables.
+    keys = {"item": dataset.items.sort("item_idx")["item_id"].to_list(), "user": dataset.users.sort("user_idx")["user_id"].to_list()}
+    towers, tables, diagnostics = {}, {}, {"sasrec_valid": getattr(sasrec.model, "valid_metrics", {})}
+    for side in SIDES:
+        tower_cfg = tower_config_from_dict(cfg[side])
+        towers[side], tables[side], diagnostics[side] = fit_tower(
+            semantic[side], collaborative[side], keys[side], tower_cfg, _trainer_kwargs(ctx), diagnostics_dir=out / "diagnostics"
+        )
+
+    outputs = TokenizeOutputs(
+        texts={"item": item_texts, "user": user_texts}, semantic=semantic, collaborative=collaborative, towers=towers, tables=tables
+    )
+    outputs.save(out)
+    write_json_atomic(out / "diagnostics.json", diagnostics)
+    ctx.artefacts["tokenize"] = outputs
+    summary = {side: tables[side].collision_report() for side in SIDES}
+    ctx.mark_done("tokenize", summary)
+    return summary
+
+
+def dataset_max_history(ctx: RunContext) -> int:
+    return int(ctx.cfg.dataset.preprocess.max_history)
+
+
+def _trainer_kwargs(ctx: RunContext) -> dict:
+    trainer = ctx.cfg.trainer
+    return {"accelerator": trainer.accelerator, "precision": trainer.precision}
