@@ -11,7 +11,7 @@ from tqdm import tqdm
 
 from ttds.data.views import evaluation_examples
 from ttds.decoding.beam import DecodingConfig
-from ttds.eval.metrics import RankingMetrics, metrics_markdown, user_results_frame, write_metrics
+from ttds.eval.metrics import RankingMetrics, metrics_markdown, shard_range, user_results_frame, write_metrics
 from ttds.llm.dynamic import render_ids
 from ttds.recommend import EVAL_TEMPLATE_INDEX, Recommender, build_trie
 from ttds.stages.context import RunContext
@@ -54,6 +54,11 @@ def evaluate_split(recommender: Recommender, dataset, split: str, max_history: i
     examples = evaluation_examples(dataset, split, max_history)
     if max_users is not None:
         examples = examples.head(max_users)
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    if distributed:
+        # Each process ranks its own contiguous shard; the sums are added up below, so no user counts twice.
+        shard = shard_range(examples.height, torch.distributed.get_world_size(), torch.distributed.get_rank())
+        examples = examples.slice(shard.start, len(shard))
     users = examples["user_idx"].to_list()
     histories = examples["history"].to_list()
     targets = torch.tensor(examples["target"].to_list(), dtype=torch.long)
@@ -67,6 +72,8 @@ def evaluate_split(recommender: Recommender, dataset, split: str, max_history: i
         frames.append(user_results_frame(users[span.start : span.stop], batch_targets, ranks, recommender.decoding.top_k))
         progress.update(len(span))
     progress.close()
+    if distributed:
+        metrics.all_reduce()
     return metrics.compute(), pl.concat(frames) if frames else pl.DataFrame()
 
 
