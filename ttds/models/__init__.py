@@ -1,0 +1,1 @@
+"""Collaborative models: SASRec, the source of the collaborative vectors and a baseline."""
