@@ -23,6 +23,7 @@ test: $(STAMP)
 
 benchmark: $(STAMP)
 	$(PY) -m benchmarks.preprocess_yelp
+	$(PY) -m ttds.bench dataset=movietweetings_100k 'models=[mostpop,sasrec]' 'seeds=[0,1,2]'
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check ttds tests train.py serve.py
