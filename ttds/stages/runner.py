@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import importlib
+import json
 import logging
+import resource
 import time
 from pathlib import Path
 
@@ -21,6 +23,13 @@ STAGES: dict[str, str] = {
     "llm": "ttds.stages.llm",
     "evaluate": "ttds.stages.evaluate",
 }
+
+
+def _cpu_seconds() -> float:
+    """User + system CPU time of this process and its waited-for children."""
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def selected_stages(stage: str) -> list[str]:
@@ -49,10 +58,17 @@ def run_stages(cfg: DictConfig) -> RunContext:
             missing.append(name)
             continue
 
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), _cpu_seconds()
         log.info("stage %s: starting", name)
         module.run(ctx)
-        log.info("stage %s: %.1f s", name, time.perf_counter() - started)
+        usage = {
+            "wall_s": round(time.perf_counter() - started, 2),
+            "cpu_s": round(_cpu_seconds() - cpu_started, 2),
+            # ru_maxrss is the peak of the whole process so far (KiB on Linux), not of this stage alone.
+            "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        }
+        (ctx.stage_dir(name) / "resources.json").write_text(json.dumps(usage, indent=2))
+        log.info("stage %s: %.1f s wall, %.1f s CPU, peak RSS %.0f MiB", name, usage["wall_s"], usage["cpu_s"], usage["peak_rss_mib"])
 
     if missing:
         log.warning("stages not available in this version, skipped: %s", ", ".join(missing))
