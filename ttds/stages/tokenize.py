@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+import torch.nn.functional as F
 from omegaconf import OmegaConf
 
 from ttds.data.config import build_strict
@@ -37,10 +38,13 @@ def run(ctx: RunContext) -> dict:
     titles = dataset.items.sort("item_idx")["title"].to_list()
     user_texts = render_user_texts(dataset.users, sequences, titles, text_cfg)
 
-    # Semantic vectors.
-    encoder = build_text_encoder(build_strict(TextEncoderConfig, cfg["semantic_encoder"], "tokenizer.semantic_encoder"))
+    # Semantic vectors, L2-normalised like the LM embeddings that stage 1 refreshes them with.
+    encoder = build_text_encoder(semantic_encoder_config(cfg["semantic_encoder"], ctx))
     cache = ctx.cache_dir / "embeddings"
-    semantic = {"item": cached_encode(encoder, item_texts, cache), "user": cached_encode(encoder, user_texts, cache)}
+    semantic = {
+        "item": F.normalize(cached_encode(encoder, item_texts, cache), dim=-1),
+        "user": F.normalize(cached_encode(encoder, user_texts, cache), dim=-1),
+    }
 
     # Collaborative vectors from SASRec, validated on the valid split only.
     valid = evaluation_examples(dataset, "valid", dataset_max_history(ctx))
@@ -72,6 +76,24 @@ def run(ctx: RunContext) -> dict:
     summary = {side: tables[side].collision_report() for side in SIDES}
     ctx.mark_done("tokenize", summary)
     return summary
+
+
+def semantic_encoder_config(values: dict, ctx: RunContext) -> TextEncoderConfig:
+    """Resolve ``kind: backbone`` to the text encoder that matches the configured LM, as TTDS embeds texts with its LM."""
+    values = dict(values)
+    if values.get("kind") == "backbone":
+        backbone = ctx.cfg.backbone
+        if backbone.kind == "embedded-minilm":
+            # The embedded LM is the same MiniLM checkpoint: mean-pooled over the same tokens, it gives the same vectors.
+            values.update(kind="sentence", model_path=None)
+        elif backbone.kind == "local-hf":
+            values.update(kind="causal_lm", model_path=backbone.path)
+        else:
+            raise ValueError(
+                f"tokenizer.semantic_encoder.kind=backbone needs a pretrained LM, but backbone.kind={backbone.kind!r} is "
+                "randomly initialised; set tokenizer.semantic_encoder.kind=sentence and llm.dynamic_steps=0."
+            )
+    return build_strict(TextEncoderConfig, values, "tokenizer.semantic_encoder")
 
 
 def dataset_max_history(ctx: RunContext) -> int:
