@@ -26,6 +26,7 @@ from ttds.tasks.registry import PromptDataset, TaskRecords, tasks_config_from_di
 from ttds.tasks.task_data import TaskData
 from ttds.tokenizer.artefacts import SIDES, tables_hash
 from ttds.tokenizer.id_table import SemanticIdTable
+from ttds.training.timing import StepTimer
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,7 @@ def _trainer(ctx: RunContext, max_steps: int, folder: Path, datamodule: PromptDa
         gradient_clip_val=llm_cfg.gradient_clip or None,
         default_root_dir=folder,
         logger=L.pytorch.loggers.CSVLogger(folder, name="logs"),
-        callbacks=[checkpoint, datamodule.resume_callback],
+        callbacks=[checkpoint, datamodule.resume_callback, StepTimer(llm_cfg.batch_size, folder / "timing.json")],
         plugins=[SafetensorsCheckpointIO()],
         use_distributed_sampler=False,
         enable_model_summary=False,
