@@ -1,18 +1,20 @@
 """Benchmark the trie-constrained beam search against transformers' generate() and against itself unconstrained.
 
-Run: python -m benchmarks.decoding [--model llama|minilm] [--items 3000] [--users 256]
+Run: python -m benchmarks.decoding [--model llama|minilm] [--items 3000] [--users 256] [--threads 1] [--repeats 2]
 
 (a) ours versus ``model.generate(num_beams, num_return_sequences, prefix_allowed_tokens_fn)`` with a
     Python dict trie: the share of users whose top-K item lists agree, and the time ratio.
 (b) our constrained versus our unconstrained search: the time ratio (the trie's overhead).
 Both searches run on the same random-weight model, catalogue and left-padded prompts, in batches of
 ``--batch-size`` users. Scores are sums of log-probs in both (generate() runs with length_penalty=0).
+The 1-minute load average is printed before and after, because on a shared machine it explains noisy wall times.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import time
 from collections.abc import Callable
 
@@ -218,6 +220,7 @@ def main() -> None:
         f"model={args.model} items={len(sequences)} users={args.users} prompt_tokens={args.prompt_tokens} beam={args.beam_width} "
         f"top_k={args.top_k} batch={args.batch_size} threads={torch.get_num_threads()} repeats={args.repeats}"
     )
+    print(f"load average before: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
 
     # Warm-up: the first calls pay for lazy initialisation in torch and transformers.
     run_ours(model, batches[:1], trie, args.beam_width, args.top_k, constrained=True)
@@ -230,6 +233,7 @@ def main() -> None:
     print(f"    unconstrained top-{args.top_k} slots that are catalogue IDs: {float((free >= 0).float().mean()):.3f}")
 
     if args.skip_generate:
+        print(f"load average after: {os.getloadavg()[0]:.1f}")
         return
     root = dict_trie(sequences, eos_id)
     run_generate(model, batches[:1], root, trie, args.beam_width, args.top_k, eos_id)
@@ -242,6 +246,7 @@ def main() -> None:
     print(f"    speed-up of ours: wall {generate_wall / ours_wall:.1f}x, CPU {generate_cpu / ours_cpu:.1f}x (target >= 10x)")
     print(f"    users with identical ordered top-{args.top_k}: {same_lists:.3f}, identical sets: {same_sets:.3f}")
     explain_disagreements(model, prompts, sequences, ours, reference, eos_id)
+    print(f"load average after: {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@ def _raw(sequences: dict[str, list[str]]) -> RawDataset:
 
 def _vocab(ds) -> Vocabulary:
     titles = ds.items["title"].to_list()
-    sequences = dict(zip(*training_sequences(ds).to_dict(as_series=False).values()))
+    sequences = dict(zip(*training_sequences(ds).to_dict(as_series=False).values(), strict=True))
     return Vocabulary(
         item_ids=[f"<a_{i}><b_0>" for i in range(ds.n_items)],
         user_ids=[f"<ua_{u}>" for u in range(ds.n_users)],
@@ -66,7 +66,7 @@ def _rendered_training_examples(sequences):
 def test_sequential_records_follow_the_split():
     ds = build_processed(_raw({"u1": SEQUENCES["u1"]}), PreprocessConfig(kcore=0))
     data = TaskData(ds, max_history=20, neighbours=3)
-    index = {item_id: idx for idx, item_id in zip(ds.items["item_idx"], ds.items["item_id"])}
+    index = {item_id: idx for idx, item_id in zip(ds.items["item_idx"], ds.items["item_id"], strict=True)}
     i1, i2, i3 = index["i1"], index["i2"], index["i3"]
 
     assert data.training_pairs == [(0, (i1,), i2), (0, (i1, i2), i3)]

@@ -141,7 +141,7 @@ def serve(cfg: DictConfig) -> Path:
     recommender = build_recommender(ctx, load_trained(ctx))
 
     histories = user_histories(dataset, int(train_cfg.dataset.preprocess.max_history))
-    known = dict(zip(histories["user_id"].to_list(), range(histories.height)))
+    known = dict(zip(histories["user_id"].to_list(), range(histories.height), strict=True))
     requested = read_user_ids(cfg.users)
     if requested is None:
         requested = histories["user_id"].to_list()

@@ -111,7 +111,7 @@ class TaskRecords:
             chosen = np.concatenate([np.tile(np.arange(len(records)), full), rng.choice(len(records), rest, replace=False)])
             n_templates = len(self.templates.for_task(name))
             template_ids = rng.integers(0, n_templates, size=len(chosen))
-            examples.extend((name, int(r), int(t)) for r, t in zip(chosen, template_ids))
+            examples.extend((name, int(r), int(t)) for r, t in zip(chosen, template_ids, strict=True))
 
         order = rng.permutation(len(examples))
         return [examples[i] for i in order]

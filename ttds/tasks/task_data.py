@@ -19,12 +19,12 @@ class TaskData:
     @cached_property
     def training_pairs(self) -> list[tuple[int, tuple[int, ...], int]]:
         frame = views.training_pairs(self.dataset, self.max_history)
-        return [(u, tuple(h), t) for u, h, t in zip(frame["user_idx"], frame["history"], frame["target"])]
+        return [(u, tuple(h), t) for u, h, t in zip(frame["user_idx"], frame["history"], frame["target"], strict=True)]
 
     @cached_property
     def item_users(self) -> list[tuple[int, tuple[int, ...]]]:
         frame = views.item_users(self.dataset)
-        return [(i, tuple(users)) for i, users in zip(frame["item_idx"], frame["users"])]
+        return [(i, tuple(users)) for i, users in zip(frame["item_idx"], frame["users"], strict=True)]
 
     @cached_property
     def training_items(self) -> list[int]:
@@ -34,12 +34,12 @@ class TaskData:
     @cached_property
     def training_users(self) -> list[int]:
         frame = views.training_sequences(self.dataset)
-        return sorted(int(u) for u, items in zip(frame["user_idx"], frame["items"]) if len(items) > 0)
+        return sorted(int(u) for u, items in zip(frame["user_idx"], frame["items"], strict=True) if len(items) > 0)
 
     def _neighbour_lists(self, kind: str) -> list[tuple[int, tuple[int, ...]]]:
         frame = views.co_interaction(self.dataset, kind=kind, top_k=self.neighbours)
         grouped = frame.group_by("src", maintain_order=True).agg("dst").sort("src")
-        return [(int(s), tuple(int(d) for d in dst)) for s, dst in zip(grouped["src"], grouped["dst"])]
+        return [(int(s), tuple(int(d) for d in dst)) for s, dst in zip(grouped["src"], grouped["dst"], strict=True)]
 
     @cached_property
     def item_neighbours(self) -> list[tuple[int, tuple[int, ...]]]:
