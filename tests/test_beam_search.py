@@ -1,13 +1,16 @@
 """Constrained beam search on tiny random Hugging Face causal LMs (Llama, Qwen2, BERT as a decoder)."""
 
+import copy
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import polars as pl
 import pytest
 import torch
 from torch import Tensor, nn
 from transformers import BertConfig, BertLMHeadModel, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+from transformers.cache_utils import DynamicLayer
 
 from ttds.decoding import (
     DecodingConfig,
@@ -18,6 +21,7 @@ from ttds.decoding import (
     recommendations_frame,
     search_with_config,
 )
+from ttds.decoding.beam import _BeamLayer, _fan_out_cache, _forward, _forward_spec, _reorder_cache
 
 # Token layout of the tiny vocabulary: specials, prompt words, then one block per ID level.
 PAD, BOS, EOS, UNK = 0, 1, 2, 3
@@ -57,6 +61,15 @@ def build_model(family: str) -> nn.Module:
 @pytest.fixture(scope="module")
 def llama() -> nn.Module:
     return build_model("llama")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread() -> Iterator[None]:
+    """Run these tiny models on one thread, because on a loaded machine syncing two threads costs far more than it saves."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @contextmanager
@@ -353,3 +366,88 @@ def test_search_with_config_returns_max_k_columns(llama):
 
     assert result.items.shape == (2, 5)
     assert (result.items >= 0).all()
+
+
+def prompt_pass(model: nn.Module, input_ids: Tensor, attention_mask: Tensor) -> tuple[Tensor, Any]:
+    positions = (attention_mask.cumsum(1) - 1).clamp(min=0)
+    return _forward(model, _forward_spec(model), input_ids, attention_mask, positions, cache=None)
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2", "bert"])
+def test_beam_buffers_match_concatenated_cache(family):
+    model = build_model(family)
+    spec = _forward_spec(model)
+    n_users, beam_width, n_fed = 3, 4, 3
+    input_ids, attention_mask = left_padded(random_prompts(n_users, seed=13))
+    next_positions = attention_mask.sum(1).repeat_interleave(beam_width)  # (B * W,), one past the last prompt position
+    fed_mask = torch.ones(n_users * beam_width, n_fed, dtype=torch.long)
+    beam_mask = torch.cat([attention_mask.repeat_interleave(beam_width, dim=0), fed_mask], dim=1)
+    _, buffered = prompt_pass(model, input_ids, attention_mask)
+    _, reference = prompt_pass(model, input_ids, attention_mask)
+
+    rows = torch.arange(n_users).repeat_interleave(beam_width)
+    buffered = _fan_out_cache(buffered, rows, beam_width, room=n_fed)
+    reference.reorder_cache(rows)
+    generator = torch.Generator().manual_seed(13)
+    for step in range(n_fed):
+        tokens = torch.randint(10, VOCAB_SIZE, (n_users * beam_width, 1), generator=generator)
+        mask = beam_mask[:, : input_ids.shape[1] + step + 1]
+        buffered_logits, buffered = _forward(model, spec, tokens, mask, (next_positions + step)[:, None], buffered)
+        reference_logits, reference = _forward(model, spec, tokens, mask, (next_positions + step)[:, None], reference)
+        torch.testing.assert_close(buffered_logits, reference_logits, atol=1e-5, rtol=1e-5)
+
+        # Beams move only within their user; some are copied twice and others dropped.
+        sources = torch.randint(0, beam_width, (n_users, beam_width), generator=generator)
+        rows = (torch.arange(n_users)[:, None] * beam_width + sources).reshape(-1)
+        buffered = _reorder_cache(buffered, rows)
+        reference.reorder_cache(rows)
+
+    for layer, expected in zip(buffered.layers, reference.layers, strict=True):
+        assert isinstance(layer, _BeamLayer)
+        torch.testing.assert_close(layer.keys, expected.keys, atol=1e-6, rtol=1e-6)
+        torch.testing.assert_close(layer.values, expected.values, atol=1e-6, rtol=1e-6)
+
+
+def test_beam_buffer_rejects_overflow(llama):
+    input_ids, attention_mask = left_padded(random_prompts(2, seed=14))
+    _, cache = prompt_pass(llama, input_ids, attention_mask)
+    layer = _BeamLayer(cache.layers[0], beam_width=2, room=1)
+    new_keys = torch.zeros(4, *layer.keys.shape[1:2], 1, layer.keys.shape[3])
+
+    layer.update(new_keys, new_keys)
+
+    with pytest.raises(ValueError, match=r"beam cache overflow: \d+ positions were preallocated, but fed-back token 2 needs"):
+        layer.update(new_keys, new_keys)
+
+
+def test_sliding_window_cache_matches_full_model():
+    full = build_model("qwen2")
+    # Layer 1 slides over 64 positions, more than any sequence here, so it attends exactly like the full model.
+    config = copy.deepcopy(full.config)
+    config.use_sliding_window, config.sliding_window = True, 64
+    config.layer_types = ["full_attention", "sliding_attention"]
+    windowed = Qwen2ForCausalLM(config).eval()
+    windowed.load_state_dict(full.state_dict())
+    trie = PrefixTrie.from_sequences(grid_catalogue(4, 3, 2), eos_id=EOS)
+    input_ids, attention_mask = left_padded(random_prompts(4, seed=15))
+    _, prompt_cache = prompt_pass(windowed, input_ids, attention_mask)
+
+    expected = constrained_beam_search(full, input_ids, attention_mask, trie, beam_width=8, top_k=8)
+    result = constrained_beam_search(windowed, input_ids, attention_mask, trie, beam_width=8, top_k=8)
+
+    assert type(prompt_cache.layers[1]) is not DynamicLayer
+    assert torch.equal(result.items, expected.items)
+    torch.testing.assert_close(result.scores, expected.scores, atol=1e-5, rtol=1e-5)
+
+
+def test_spare_steps_do_not_change_results(llama):
+    trie = PrefixTrie.from_sequences(grid_catalogue(4, 3, 2) + [[level1(7), level2(1)]], eos_id=EOS)
+    input_ids, attention_mask = left_padded(random_prompts(4, seed=16))
+
+    exact = constrained_beam_search(llama, input_ids, attention_mask, trie, beam_width=10, top_k=10)
+    spare_steps = trie.max_length + 3
+    spare = constrained_beam_search(llama, input_ids, attention_mask, trie, beam_width=10, top_k=10, max_new_tokens=spare_steps)
+
+    assert torch.equal(spare.items, exact.items)
+    assert torch.equal(spare.sequences[:, :, : trie.max_length], exact.sequences)
+    torch.testing.assert_close(spare.scores, exact.scores)

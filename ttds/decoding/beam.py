@@ -4,6 +4,8 @@ Scores are sums of token log-probabilities (log-softmax over the full vocabulary
 constraint), with no length normalisation, so where ID lengths differ the shorter IDs are favoured. Hypotheses that reached EOS stay in the beam with a fixed
 score: extending a live beam can only lower its score, so a finished hypothesis is never pushed out
 by a worse one, and a search with beam width >= catalogue size ranks every ID exactly.
+
+The key/value cache handling (preallocated per-beam buffers) lives in ``ttds.decoding.beam_cache``.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from ttds.data.config import build_strict
+from ttds.decoding.beam_cache import _BeamLayer, _fan_out_cache, _reorder_cache  # noqa: F401 - _BeamLayer is re-exported for tests
 from ttds.decoding.trie import DEAD, PrefixTrie
 
 log = logging.getLogger(__name__)
@@ -165,8 +168,14 @@ def constrained_beam_search(
     spec = _forward_spec(model)
     attention_mask = attention_mask.to(device=device, dtype=torch.long)
     prompt_positions = (attention_mask.cumsum(1) - 1).clamp(min=0)  # (B, T), pads get position 0
-    next_positions = prompt_positions[:, -1] + 1  # (B,)
     logits, cache = _forward(model, spec, input_ids, attention_mask, prompt_positions, cache=None)
+
+    # A reorder keeps every beam with its own user, so the prompt part of the attention mask and the
+    # position of the next token are the same for all beams of a user and are built once.
+    prompt_length = input_ids.shape[1]
+    beam_mask = torch.cat([attention_mask, attention_mask.new_ones(batch_size, n_steps - 1)], dim=1)
+    beam_mask = beam_mask.repeat_interleave(beam_width, dim=0)  # (B * W, T + n_steps - 1)
+    beam_positions = (prompt_positions[:, -1] + 1).repeat_interleave(beam_width)  # (B * W,)
 
     # The prompt pass has one row per user; the beams fan out at the first selection.
     width = 1
@@ -231,11 +240,13 @@ def constrained_beam_search(
         if all_done or step == n_steps - 1:
             break
 
-        attention_mask = torch.cat([attention_mask[rows], attention_mask.new_ones(len(rows), 1)], dim=1)
-        next_positions = next_positions[rows]
-        cache = _reorder_cache(cache, rows)
+        if step == 0:
+            cache = _fan_out_cache(cache, rows, beam_width, room=n_steps - 1)
+        else:
+            cache = _reorder_cache(cache, rows)
         feed = torch.where(tokens >= 0, tokens, trie.eos_id)[:, None]  # finished and dead beams feed EOS, ignored
-        logits, cache = _forward(model, spec, feed, attention_mask, (next_positions + step)[:, None], cache)
+        mask = beam_mask[:, : prompt_length + step + 1]
+        logits, cache = _forward(model, spec, feed, mask, (beam_positions + step)[:, None], cache)
 
     result = _rank_hypotheses(scores, nodes, finished, sequences, trie, top_k, constrained)
     if log.isEnabledFor(logging.DEBUG):  # counting empty slots costs a device sync
@@ -353,14 +364,3 @@ def _forward(model: nn.Module, spec: _ForwardSpec, input_ids: Tensor, attention_
     if new_cache is None:
         raise ValueError(f"{type(model).__name__} returned no key/value cache; load it with use_cache support (config.use_cache=True).")
     return outputs.logits[:, -1, :], new_cache
-
-
-def _reorder_cache(cache: Any, rows: Tensor) -> Any:
-    """Select cache rows for the new beams; ``rows`` may repeat rows, which is how the prompt cache fans out."""
-    if hasattr(cache, "reorder_cache"):
-        cache.reorder_cache(rows)  # transformers Cache objects, reordered in place
-        return cache
-    if isinstance(cache, tuple):
-        # Legacy tuple cache of older transformers releases: per layer (key, value, ...) with batch first.
-        return tuple(tuple(tensor.index_select(0, rows) for tensor in layer) for layer in cache)
-    raise TypeError(f"cannot reorder a key/value cache of type {type(cache).__name__}; use a transformers Cache or a tuple of tensors.")
