@@ -9,6 +9,7 @@ import polars as pl
 import pytest
 
 from ttds.paths import REPO_ROOT
+from ttds.tokenizer.id_table import SemanticIdTable
 
 pytestmark = pytest.mark.slow
 
@@ -80,6 +81,19 @@ def test_serve_flags_unknown_users_as_cold_start(tiny_run, tmp_path):
     rows = [json.loads(line) for line in output.read_text().splitlines()]
     assert len(rows) == 3
     assert all(row["cold_start"] for row in rows)
+
+
+def test_serve_lists_each_user_once(tiny_run, tmp_path):
+    run_dir, env, _ = tiny_run
+    users = tmp_path / "users.txt"
+    known = SemanticIdTable.load(run_dir / "llm" / "user_table").keys[0]
+    users.write_text(f"{known}\n{known}\n")
+    output = tmp_path / "recs.csv"
+    _run(["serve.py", f"run_dir={run_dir}", f"users={users}", "top_k=3", "beam_width=10", f"output={output}"], env)
+
+    recs = pl.read_csv(output, schema_overrides={"user_id": pl.Utf8})
+    assert recs.height == 3
+    assert recs["rank"].to_list() == [1, 2, 3]
 
 
 def test_serve_rejects_unknown_users_by_default(tiny_run, tmp_path):

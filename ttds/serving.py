@@ -18,6 +18,7 @@ from ttds.data.dataset import ProcessedDataset
 from ttds.data.pipeline import load_processed
 from ttds.decoding.results import recommendations_frame
 from ttds.stages.context import RunContext
+from ttds.stages.data import check_run_dataset
 from ttds.stages.evaluate import build_recommender
 from ttds.stages.loading import load_trained
 
@@ -125,6 +126,10 @@ def serve(cfg: DictConfig) -> Path:
     if cfg.unknown_users not in UNKNOWN_USER_POLICIES:
         raise ValueError(f"unknown_users={cfg.unknown_users!r} is not one of {UNKNOWN_USER_POLICIES}.")
     run_dir = Path(cfg.run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"run_dir={run_dir} does not exist; pass the run directory that `python train.py` logged.")
+    if cfg.beam_width < cfg.top_k:
+        raise ValueError(f"beam_width={cfg.beam_width} is below top_k={cfg.top_k}; set beam_width>={cfg.top_k}.")
     config_path = run_dir / "llm" / "config.json"
     if not config_path.is_file():
         raise FileNotFoundError(f"{config_path} not found; run_dir must be a run whose llm stage finished.")
@@ -137,6 +142,7 @@ def serve(cfg: DictConfig) -> Path:
     ctx = RunContext(cfg=train_cfg, run_dir=run_dir, cache_dir=Path(train_cfg.paths.cache_dir))
     dataset_cfg = dataset_config_from_dict(OmegaConf.to_container(train_cfg.dataset, resolve=True))
     dataset = load_processed(dataset_cfg, ctx.cache_dir / "processed")
+    check_run_dataset(ctx, dataset.fingerprint)
     ctx.artefacts["dataset"] = dataset
     recommender = build_recommender(ctx, load_trained(ctx))
 
@@ -145,6 +151,10 @@ def serve(cfg: DictConfig) -> Path:
     requested = read_user_ids(cfg.users)
     if requested is None:
         requested = histories["user_id"].to_list()
+    unique = list(dict.fromkeys(requested))
+    if len(unique) < len(requested):
+        log.warning("users=%s lists %d user ids more than once; each gets one set of recommendations", cfg.users, len(requested) - len(unique))
+        requested = unique
     unknown = [user for user in requested if user not in known]
     if unknown and cfg.unknown_users == "error":
         raise ValueError(

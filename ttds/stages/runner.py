@@ -32,6 +32,15 @@ def _cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
+def check_eval_config(cfg: DictConfig) -> None:
+    """Reject decoding settings that could only fail after training."""
+    if "eval" not in cfg:
+        return
+    largest = max(cfg.eval.top_k)
+    if cfg.eval.beam_width < largest:
+        raise ValueError(f"eval.beam_width={cfg.eval.beam_width} is below max(eval.top_k)={largest}; set eval.beam_width>={largest}.")
+
+
 def selected_stages(stage: str) -> list[str]:
     """Return the stages to run for ``stage``: one named stage plus the ones before it, or all of them."""
     names = list(STAGES)
@@ -48,6 +57,7 @@ def run_stages(cfg: DictConfig) -> RunContext:
     ctx = RunContext(cfg=cfg, run_dir=Path(cfg.paths.run_dir), cache_dir=Path(cfg.paths.cache_dir))
     ctx.run_dir.mkdir(parents=True, exist_ok=True)
 
+    check_eval_config(cfg)
     missing = []
     for name in selected_stages(cfg.stage):
         try:
@@ -59,8 +69,11 @@ def run_stages(cfg: DictConfig) -> RunContext:
             continue
 
         started, cpu_started = time.perf_counter(), _cpu_seconds()
+        reused = ctx.is_done(name) and name != "evaluate"
         log.info("stage %s: starting", name)
         module.run(ctx)
+        if reused:
+            continue  # keep the resources measured when the stage really ran
         usage = {
             "wall_s": round(time.perf_counter() - started, 2),
             "cpu_s": round(_cpu_seconds() - cpu_started, 2),

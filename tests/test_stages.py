@@ -1,0 +1,40 @@
+"""Run-directory safety checks of the stage runner."""
+
+import json
+
+import pytest
+from omegaconf import OmegaConf
+
+from ttds.stages.context import RunContext
+from ttds.stages.data import check_run_dataset
+from ttds.stages.runner import check_eval_config, selected_stages
+
+
+def test_run_dir_from_other_data_is_rejected(tmp_path):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "DONE.json").write_text(json.dumps({"fingerprint": "aaaa"}))
+    ctx = RunContext(cfg=OmegaConf.create({}), run_dir=tmp_path, cache_dir=tmp_path / "cache")
+
+    with pytest.raises(ValueError, match=r"fingerprint aaaa, but the configured data now gives bbbb"):
+        check_run_dataset(ctx, "bbbb")
+
+
+def test_run_dir_from_same_data_is_accepted(tmp_path):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "DONE.json").write_text(json.dumps({"fingerprint": "aaaa"}))
+    ctx = RunContext(cfg=OmegaConf.create({}), run_dir=tmp_path, cache_dir=tmp_path / "cache")
+
+    check_run_dataset(ctx, "aaaa")
+
+
+def test_beam_width_below_top_k_fails_before_training():
+    cfg = OmegaConf.create({"eval": {"beam_width": 5, "top_k": [1, 5, 10]}})
+    with pytest.raises(ValueError, match=r"eval.beam_width=5 is below max\(eval.top_k\)=10"):
+        check_eval_config(cfg)
+
+
+def test_selected_stages_include_prerequisites():
+    assert selected_stages("tokenize") == ["data", "tokenize"]
+    assert selected_stages("all") == ["data", "tokenize", "llm", "evaluate"]
+    with pytest.raises(ValueError, match="stage='evalute' is unknown"):
+        selected_stages("evalute")
