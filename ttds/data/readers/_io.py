@@ -283,3 +283,11 @@ def sequence_interactions(users: list[str], sequences: list[list[str]]) -> pl.Da
     frame = pl.DataFrame({"user_id": users, "item_id": sequences}, schema={"user_id": pl.Utf8, "item_id": pl.List(pl.Utf8)})
     events = frame.explode("item_id").with_columns(pl.int_range(pl.len(), dtype=pl.Int64).over("user_id").alias("timestamp"))
     return canonical_interactions(events)
+
+
+def merged_options(cfg: DatasetConfig, defaults: dict[str, Any]) -> dict[str, Any]:
+    """Return ``defaults`` updated with ``cfg.options``, rejecting keys the reader of ``cfg.format`` does not take."""
+    unknown = sorted(set(cfg.options) - set(defaults))
+    if unknown:
+        raise ValueError(f"dataset.options has unknown keys {unknown} for format '{cfg.format}'; valid keys are {sorted(defaults)}.")
+    return {**defaults, **cfg.options}

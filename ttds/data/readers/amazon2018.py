@@ -22,6 +22,7 @@ from ttds.data.readers._io import (
     dataset_file,
     json_string_lists,
     json_strings,
+    merged_options,
     parse_numbers,
     read_delimited,
     read_json_lines,
@@ -37,10 +38,7 @@ META_DUPLICATE_POLICIES = ("error", "first")
 
 
 def options_of(cfg: DatasetConfig) -> dict[str, Any]:
-    unknown = sorted(set(cfg.options) - set(DEFAULT_OPTIONS))
-    if unknown:
-        raise ValueError(f"dataset.options has unknown keys {unknown} for format 'amazon2018'; valid keys are {sorted(DEFAULT_OPTIONS)}.")
-    options = {**DEFAULT_OPTIONS, **cfg.options}
+    options = merged_options(cfg, DEFAULT_OPTIONS)
     if options["meta_duplicates"] not in META_DUPLICATE_POLICIES:
         raise ValueError(f"dataset.options.meta_duplicates={options['meta_duplicates']!r} is not one of {META_DUPLICATE_POLICIES}; pick one of them.")
     return options

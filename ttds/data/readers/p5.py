@@ -20,6 +20,7 @@ from ttds.data.readers._io import (
     dataset_file,
     json_string_lists,
     json_strings,
+    merged_options,
     read_json_lines,
     read_text,
     reject_duplicate_ids,
@@ -37,10 +38,7 @@ DEFAULT_OPTIONS: dict[str, Any] = {
 
 
 def options_of(cfg: DatasetConfig) -> dict[str, Any]:
-    unknown = sorted(set(cfg.options) - set(DEFAULT_OPTIONS))
-    if unknown:
-        raise ValueError(f"dataset.options has unknown keys {unknown} for format 'p5'; valid keys are {sorted(DEFAULT_OPTIONS)}.")
-    return {**DEFAULT_OPTIONS, **cfg.options}
+    return merged_options(cfg, DEFAULT_OPTIONS)
 
 
 def input_files(cfg: DatasetConfig) -> dict[str, Path]:

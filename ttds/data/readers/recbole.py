@@ -19,6 +19,7 @@ from ttds.data.readers._io import (
     LINE_COLUMN,
     canonical_interactions,
     dataset_file,
+    merged_options,
     parse_numbers,
     read_delimited,
     reject_duplicate_ids,
@@ -43,10 +44,7 @@ FIELD_HINT = "rename the column in the file or set dataset.options.{option} to t
 
 
 def options_of(cfg: DatasetConfig) -> dict[str, Any]:
-    unknown = sorted(set(cfg.options) - set(DEFAULT_OPTIONS))
-    if unknown:
-        raise ValueError(f"dataset.options has unknown keys {unknown} for format 'recbole'; valid keys are {sorted(DEFAULT_OPTIONS)}.")
-    return {**DEFAULT_OPTIONS, **cfg.options}
+    return merged_options(cfg, DEFAULT_OPTIONS)
 
 
 def input_files(cfg: DatasetConfig) -> dict[str, Path]:

@@ -22,6 +22,7 @@ from ttds.data.readers._io import (
     LINE_COLUMN,
     canonical_interactions,
     dataset_file,
+    merged_options,
     parse_numbers,
     read_bytes,
     read_delimited,
@@ -46,10 +47,7 @@ COLUMN_HINT = "rename the column in the file or set dataset.options.{option} to 
 
 
 def options_of(cfg: DatasetConfig) -> dict[str, Any]:
-    unknown = sorted(set(cfg.options) - set(DEFAULT_OPTIONS))
-    if unknown:
-        raise ValueError(f"dataset.options has unknown keys {unknown} for format 'table'; valid keys are {sorted(DEFAULT_OPTIONS)}.")
-    return {**DEFAULT_OPTIONS, **cfg.options}
+    return merged_options(cfg, DEFAULT_OPTIONS)
 
 
 def input_files(cfg: DatasetConfig) -> dict[str, Path]:
