@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 import torch.nn.functional as F
+from lightning.pytorch.loggers import CSVLogger
 from omegaconf import OmegaConf
 
 from ttds.data.config import build_strict
@@ -63,9 +64,13 @@ def run(ctx: RunContext) -> dict:
     towers, tables, diagnostics = {}, {}, {"sasrec_valid": getattr(sasrec.model, "valid_metrics", {})}
     for side in SIDES:
         tower_cfg = tower_config_from_dict(cfg[side])
+        # Training losses and the final diagnostics go to one CSV log per tower, next to the JSON and PNG files.
+        logger = CSVLogger(out / "logs", name=f"{side}_tower")
         towers[side], tables[side], diagnostics[side] = fit_tower(
-            semantic[side], collaborative[side], keys[side], tower_cfg, _trainer_kwargs(ctx), diagnostics_dir=out / "diagnostics"
+            semantic[side], collaborative[side], keys[side], tower_cfg, _trainer_kwargs(ctx) | {"logger": logger}, diagnostics_dir=out / "diagnostics"
         )
+        logger.log_metrics(diagnostics[side])
+        logger.save()
 
     outputs = TokenizeOutputs(
         texts={"item": item_texts, "user": user_texts}, semantic=semantic, collaborative=collaborative, towers=towers, tables=tables
