@@ -99,7 +99,7 @@ def read_user_ids(spec: str) -> list[str] | None:
 
 
 def user_histories(dataset: ProcessedDataset, max_history: int) -> pl.DataFrame:
-    """Each known user's last ``max_history`` items over all events, oldest first: user_idx, user_id, history."""
+    """Collect each known user's last ``max_history`` items over all events, oldest first: user_idx, user_id, history."""
     return (
         dataset.events.lazy()
         .sort("user_idx", "position")
@@ -111,7 +111,7 @@ def user_histories(dataset: ProcessedDataset, max_history: int) -> pl.DataFrame:
 
 
 def popular_items(dataset: ProcessedDataset, k: int) -> pl.DataFrame:
-    """The ``k`` items with the most events (ties: lower item_idx first), with item_id and title."""
+    """Return the ``k`` items with the most events (ties: lower item_idx first), with item_id and title."""
     counts = dataset.events.group_by("item_idx").len().sort(["len", "item_idx"], descending=[True, False]).head(k)
     return counts.join(dataset.items.select("item_idx", "item_id", "title"), on="item_idx").sort(["len", "item_idx"], descending=[True, False])
 

@@ -112,8 +112,8 @@ class DynamicRecommenderModule(RecommenderModule):
     def refresh(self) -> None:
         """Re-embed every entity's text with the current LM, then recompute the IDs prompts use.
 
-        NOTE: one refresh encodes every item and user text, which on 2 CPU cores costs hundreds of training
-        steps (MovieTweetings: about 640 s against 1.8 s per step); keep llm.refresh_every large on CPU.
+        NOTE: one refresh encodes every item and user text. On 2 CPU cores that costs hundreds of training
+        steps (MovieTweetings: about 640 s against 1.8 s per step), so keep llm.refresh_every large on CPU.
         """
         for name, side in self.sides.items():
             vectors = encode_texts(self.model, self.tokenizer, side.texts, batch_size=64, max_length=self.max_length, device=self.device)
@@ -168,7 +168,7 @@ class DynamicRecommenderModule(RecommenderModule):
     # --- optimisation and checkpoints ---
 
     def param_groups(self) -> list[dict]:
-        """The LM group, plus one group per tower at the tower's own learning rate and no weight decay."""
+        """Return the LM group plus one group per tower, at the tower's own learning rate and no weight decay."""
         groups = super().param_groups()
         for tower in self.towers.values():
             groups.append({"params": [p for p in tower.parameters() if p.requires_grad], "lr": tower.config.learning_rate, "weight_decay": 0.0})

@@ -16,7 +16,7 @@ log = logging.getLogger(__name__)
 
 
 def check_run_dataset(ctx: RunContext, fingerprint: str) -> None:
-    """Raise when the run directory already holds stages built from other data or another preprocessing config."""
+    """Raise when the run directory already contains stages built from other data or another preprocessing config."""
     done = ctx.run_dir / "data" / "DONE.json"
     if not done.is_file():
         return

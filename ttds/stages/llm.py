@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 
 def id_token_list(tables: dict[str, SemanticIdTable], suffix_tokens: int, with_users: bool = True) -> list[str]:
-    """Every ID token of the item table (suffix vocabulary widened to ``suffix_tokens``) and of the user table."""
+    """List every ID token of the item table (suffix vocabulary widened to ``suffix_tokens``) and of the user table."""
     item, user = tables["item"], tables["user"]
     tokens = [t for t in item.vocabulary() if not t.startswith(f"<{chr(ord('a') + item.levels)}_")]
     if item.has_suffix:

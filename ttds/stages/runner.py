@@ -1,4 +1,4 @@
-"""Run the stages a config asks for, in order, skipping those whose outputs are already complete."""
+"""Run the stages a config selects, in order, skipping those whose outputs are already complete."""
 
 from __future__ import annotations
 

@@ -51,7 +51,7 @@ class TaskSpec:
 
 @dataclass
 class TasksConfig:
-    """Which tasks train the LM, in what mixture, with which templates."""
+    """Task mixture that trains the LM: task weights, caps, templates file and response length."""
 
     templates: str  # path of the templates YAML
     mixture: dict[str, TaskSpec] = field(default_factory=lambda: {"sequential": TaskSpec()})
@@ -71,7 +71,7 @@ def tasks_config_from_dict(values: dict[str, Any]) -> TasksConfig:
 
 
 def without_user_id_tasks(cfg: TasksConfig) -> TasksConfig:
-    """A copy of ``cfg`` whose tasks that read or write user IDs have weight 0 (for runs without user IDs)."""
+    """Return a copy of ``cfg`` in which the tasks that read or write user IDs have weight 0 (runs without user IDs)."""
     dropped = [name for name in USER_ID_TASKS if name in cfg.mixture and cfg.mixture[name].weight > 0]
     if dropped:
         log.info("no user IDs: dropping tasks %s", dropped)
