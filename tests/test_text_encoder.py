@@ -145,6 +145,18 @@ def test_corrupt_cache_file_warns_and_recomputes(tiny_lm, tmp_path):
     assert TensorCache(tmp_path).load(tensor_path.stem) is not None
 
 
+def test_readable_but_changed_cache_file_recomputes(tiny_lm, tmp_path):
+    expected = cached_encode(tiny_lm, list(PARAPHRASES), tmp_path)
+    (tensor_path,) = tmp_path.glob("*.safetensors")
+    data = bytearray(tensor_path.read_bytes())
+    data[-4:] = bytes(4)  # zero the last float: same size, still a valid safetensors file
+    tensor_path.write_bytes(bytes(data))
+
+    with pytest.warns(UserWarning, match="does not match the sha256"):
+        recomputed = cached_encode(tiny_lm, list(PARAPHRASES), tmp_path)
+    assert torch.allclose(recomputed, expected)
+
+
 def test_cache_sidecar_for_another_key_is_rejected(tiny_lm, tmp_path):
     cached_encode(tiny_lm, list(PARAPHRASES), tmp_path)
     (sidecar_path,) = tmp_path.glob("*.json")
