@@ -4,6 +4,9 @@
     python serve.py run_dir=... users=my_users.txt output=recs.jsonl unknown_users=popular
 """
 
+import signal
+import sys
+
 import hydra
 from omegaconf import DictConfig
 
@@ -15,6 +18,8 @@ register_resolvers()
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="serve")
 def main(cfg: DictConfig) -> None:
+    # SIGTERM becomes SystemExit, so the writer's cleanup removes its temporary file as on Ctrl-C.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     path = serve(cfg)
     print(f"recommendations written to {path}")
 
