@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install torch into the active environment before the package, choosing the build by hardware:
-# a CUDA build where an NVIDIA driver answers, a CPU build everywhere else.
+# a CUDA build where nvidia-smi lists a GPU, a CPU build everywhere else.
 set -euo pipefail
 PY=${PY:-python}
 

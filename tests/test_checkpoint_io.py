@@ -25,11 +25,12 @@ def test_tree_round_trip_keeps_types(tmp_path):
     assert set(loaded["state"]) == {0, 1}
     assert torch.equal(loaded["state"][0]["exp_avg"], torch.arange(4.0))
     assert loaded["groups"][0]["weight"].dtype == torch.bfloat16
-    assert loaded["none"] is None and loaded["flag"] is True
+    assert loaded["none"] is None
+    assert loaded["flag"] is True
 
 
 def test_tree_rejects_unstorable_objects(tmp_path):
-    with pytest.raises(TypeError, match=r"checkpoint\['module'\] holds a Linear"):
+    with pytest.raises(TypeError, match=r"checkpoint\['module'\] contains a Linear"):
         save_tree({"module": torch.nn.Linear(2, 2)}, tmp_path / "x.ckpt")
 
 

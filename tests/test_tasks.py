@@ -90,7 +90,7 @@ def test_sequential_prompt_holds_history_ids_and_user_id():
     assert response.startswith("<a_")
 
 
-def test_changing_valid_and_test_targets_leaves_training_examples_unchanged():
+def test_eval_targets_do_not_reach_training():
     original = _rendered_training_examples(SEQUENCES)
     # New valid and test targets, each taken from items the user has not seen, so no duplicate appears.
     replacements = {"u1": ["i7", "i8"], "u2": ["i5", "i4"], "u3": ["i8", "i7"], "u4": ["i4", "i1"]}

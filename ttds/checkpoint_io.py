@@ -41,7 +41,7 @@ def flatten(obj: Any, tensors: dict[str, torch.Tensor], where: str = "checkpoint
     if isinstance(obj, Path):
         return str(obj)
     raise TypeError(
-        f"{where} holds a {type(obj).__name__}, which a safetensors checkpoint cannot store; "
+        f"{where} contains a {type(obj).__name__}, which a safetensors checkpoint cannot store; "
         "keep only tensors, numbers, strings, lists and dicts in checkpoint state."
     )
 

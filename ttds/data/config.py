@@ -33,7 +33,7 @@ class PreprocessConfig:
 
 @dataclass
 class DatasetConfig:
-    """Where a dataset lives and which reader parses it."""
+    """Dataset location and the reader that parses it."""
 
     name: str
     format: str

@@ -287,8 +287,8 @@ def _pad_beams(top_scores: Tensor, source_beams: Tensor, slots: Tensor, beam_wid
 
 def _mask_excluded_leaves(candidate_scores: Tensor, candidate_nodes: Tensor, trie: PrefixTrie, exclude_items: Tensor, width: int) -> Tensor:
     """Set to -inf every EOS candidate that would finish an item excluded for that row's user."""
-    # NOTE: only leaves are masked, so beams can still be spent on prefixes whose every item is excluded;
-    # with a beam width close to top_k a heavily excluded user may get fewer than top_k items.
+    # NOTE: only leaves are masked, so beams can still be spent on prefixes whose every item is excluded.
+    # With a beam width close to top_k, a user with many excluded items may get fewer than top_k items.
     candidate_items = trie.items_of(candidate_nodes)  # (B * width, C), -1 unless the edge ends an ID
     users = torch.arange(candidate_nodes.shape[0], device=candidate_nodes.device) // width
     excluded = exclude_items[users[:, None], candidate_items.clamp(min=0)] & (candidate_items >= 0)

@@ -122,9 +122,8 @@ class PrefixTrie:
     def children(self, nodes: Tensor, width: int | None = None) -> tuple[Tensor, Tensor]:
         """Gather the allowed next tokens of each node and the nodes they lead to.
 
-        nodes: (N,) node ids, DEAD allowed. ``width`` is the number of columns to return; pass
-        ``max_children_by_depth[d]`` when every node is at depth d or is a leaf, which avoids a device
-        sync. Returns (tokens, child_nodes), each (N, width), padded with -1.
+        nodes: (N,) node ids, DEAD allowed. ``width`` is the number of columns to return. Passing
+        ``max_children_by_depth[d]`` when every node is at depth d or is a leaf avoids a device sync. Returns (tokens, child_nodes), each (N, width), padded with -1.
         """
         safe = nodes.clamp(min=0)
         starts = self.child_offsets[safe]

@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 
 
 def build_recommender(ctx: RunContext, trained: dict) -> Recommender:
-    """A Recommender for the run's frozen model and tables with the eval config's decoding settings."""
+    """Build a Recommender from the run's frozen model and tables with the eval config's decoding settings."""
     eval_cfg = ctx.cfg.eval
     dataset = ctx.artefacts["dataset"]
     tables = trained["tables"]

@@ -100,14 +100,14 @@ class TaskRecords:
         examples: list[tuple[str, int, int]] = []
         for name, records in self.records.items():
             spec = self.cfg.mixture[name]
-            wanted = round(spec.weight * n_sequential)
+            n_examples = round(spec.weight * n_sequential)
             if spec.max_examples is not None:
-                wanted = min(wanted, spec.max_examples)
-            if not records or wanted == 0:
+                n_examples = min(n_examples, spec.max_examples)
+            if not records or n_examples == 0:
                 continue
 
             # Whole passes over the records, then a random subset for the remainder.
-            full, rest = divmod(wanted, len(records))
+            full, rest = divmod(n_examples, len(records))
             chosen = np.concatenate([np.tile(np.arange(len(records)), full), rng.choice(len(records), rest, replace=False)])
             n_templates = len(self.templates.for_task(name))
             template_ids = rng.integers(0, n_templates, size=len(chosen))

@@ -43,7 +43,7 @@ class TokenizeOutputs:
     @classmethod
     def load(cls, folder: Path) -> TokenizeOutputs:
         if not (folder / "embeddings.safetensors").is_file():
-            raise FileNotFoundError(f"{folder} holds no tokenize outputs; run `python train.py stage=tokenize` for this run directory first.")
+            raise FileNotFoundError(f"tokenize outputs not found in {folder}; run `python train.py stage=tokenize` for this run directory first.")
         tensors = load_file(folder / "embeddings.safetensors")
         towers = {}
         for side in SIDES:
@@ -62,5 +62,5 @@ class TokenizeOutputs:
 
 
 def tables_hash(item_table: SemanticIdTable, user_table: SemanticIdTable) -> str:
-    """One hash over both frozen tables: an adapter is valid only with the exact IDs it was trained on."""
+    """Hash both frozen tables together, because an adapter is valid only with the exact IDs it was trained on."""
     return hashlib.sha256(f"{item_table.content_hash}:{user_table.content_hash}".encode()).hexdigest()

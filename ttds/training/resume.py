@@ -21,7 +21,7 @@ class SamplerResume(L.Callback):
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._restored:
-            # The sampler already holds the epoch and the batches to skip from the checkpoint.
+            # The sampler already contains the epoch and the batches to skip from the checkpoint.
             self._restored = False
         else:
             self.sampler.set_epoch(trainer.current_epoch)

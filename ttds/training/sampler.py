@@ -13,9 +13,9 @@ from torch.utils.data import Sampler
 class ResumableSampler(Sampler[int]):
     """Shuffle with a seed per epoch, split evenly over ranks, and skip what a resumed run already saw.
 
-    Every rank gets ``len(dataset) // world_size`` indices (the remainder is dropped, so ranks step in
-    lockstep); the permutation depends only on (seed, epoch), so one process and N processes with
-    the same global batch see the same examples per step. ``skip_batches`` (set from a checkpoint)
+    Every rank gets ``len(dataset) // world_size`` indices, and the remainder is dropped so that ranks step
+    in lockstep. The permutation depends only on (seed, epoch), so one process and N processes with the
+    same global batch see the same examples per step. ``skip_batches`` (set from a checkpoint)
     drops the first batches of the next epoch that starts.
     """
 
@@ -46,7 +46,7 @@ class ResumableSampler(Sampler[int]):
             order = list(range(self.n_samples))
         rank, world = self._rank_and_world()
         per_rank = self.n_samples // world
-        # Interleave so that global batch b holds the same examples whatever the number of ranks.
+        # Interleave so that global batch b contains the same examples whatever the number of ranks.
         return order[: per_rank * world][rank::world]
 
     def __iter__(self) -> Iterator[int]:
