@@ -1,10 +1,14 @@
 """Stage 1 (dynamic index): the LM and both towers train together while the IDs move.
 
-Every ``refresh_every`` steps the LM re-embeds every entity's text (mean-pooled last hidden state,
-no gradient), the towers re-encode those embeddings with the fixed collaborative vectors, and the ID
-strings that prompts are rendered from are replaced. Between refreshes the towers keep training on the
-cached embeddings with their own losses, and an alignment loss (InfoNCE + MSE) pulls the LM's
-embedding of an entity's ID string toward its embedding of the entity's text, text side detached.
+The LM re-embeds entity texts (mean-pooled last hidden state, no gradient) on a schedule, the towers
+re-encode those embeddings with the fixed collaborative vectors, and the ID strings that prompts are
+rendered from are replaced. Each side has its own interval (``refresh_every`` for items,
+``user_refresh_every`` for users): in ``full`` mode every text is re-embedded at once every interval
+steps, in ``rolling`` mode a 1/interval slice of a fixed permutation is re-embedded at every step, so each
+text is at most one interval old either way and no step pays for a whole pass. Between refreshes the
+towers keep training on the cached embeddings with their own losses, and an alignment loss (InfoNCE +
+MSE) pulls the LM's embedding of an entity's ID string toward its embedding of the entity's text, text
+side detached.
 """
 
 from __future__ import annotations
@@ -55,6 +59,16 @@ def render_ids(table: SemanticIdTable, n_suffix_tokens: int) -> list[str]:
     return ["".join(f"<{letters[level]}_{code}>" for level, code in enumerate(row)) for row in ids.tolist()]
 
 
+def rolling_slice(n: int, interval: int, step: int) -> np.ndarray:
+    """Positions in a fixed permutation of ``n`` entities that ``step`` re-embeds in rolling mode.
+
+    Steps ``k * interval`` to ``(k + 1) * interval - 1`` cover every position exactly once, in slices whose sizes
+    differ by at most one, so the schedule depends on the step alone and a resumed run continues it exactly.
+    """
+    start, stop = n * step // interval, n * (step + 1) // interval
+    return np.arange(start, stop) % n
+
+
 def info_nce(queries: Tensor, keys: Tensor, temperature: float) -> Tensor:
     """Cross-entropy of each query against all keys in the batch, its own key being the positive: (B, D), (B, D) -> ()."""
     logits = queries @ keys.T / temperature  # (B, B)
@@ -64,7 +78,18 @@ def info_nce(queries: Tensor, keys: Tensor, temperature: float) -> Tensor:
 class DynamicRecommenderModule(RecommenderModule):
     """RecommenderModule plus the two towers, the periodic refresh and the ID-text alignment loss."""
 
-    def __init__(self, model: nn.Module, tokenizer, cfg: LLMConfig, total_steps: int, sides: list[EntitySide], vocab: Vocabulary, max_length: int):
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer,
+        cfg: LLMConfig,
+        total_steps: int,
+        sides: list[EntitySide],
+        vocab: Vocabulary,
+        text_max_length: int,
+        add_special_tokens: bool = True,
+        seed: int = 0,
+    ):
         super().__init__(model, cfg, total_steps)
         self.tokenizer = tokenizer
         self.sides = {side.name: side for side in sides}
@@ -74,8 +99,11 @@ class DynamicRecommenderModule(RecommenderModule):
             if side.collaborative is not None:
                 self.register_buffer(f"collaborative_{side.name}", side.collaborative.float().clone(), persistent=False)
         self.vocab = vocab
-        self.max_length = max_length
-        self.refreshes = 0
+        self.text_max_length = text_max_length  # the tokenize stage's semantic_encoder.max_length
+        self.add_special_tokens = add_special_tokens
+        self.refreshes = 0  # full passes over every side
+        self.reembedded = {side.name: 0 for side in sides}  # texts re-embedded by this process, per side
+        self._orders = {side.name: np.random.default_rng(seed + i).permutation(len(side.texts)) for i, side in enumerate(sides)}
         self._generator = torch.Generator().manual_seed(cfg.checkpoint_every_n_steps * 7919 + total_steps)
 
     # --- IDs ---
@@ -101,26 +129,46 @@ class DynamicRecommenderModule(RecommenderModule):
         config = tower.config
         return SemanticIdTable(codes.numpy(), self.sides[name].keys, config.quantizer.codebook_size, config.id_prefix, config.add_suffix, max_suffix)
 
-    def update_vocabulary(self) -> None:
-        for name, side in self.sides.items():  # only the sides this run trains; without user IDs, items only
-            ids = render_ids(self.table(name), side.n_suffix_tokens)
+    def update_vocabulary(self, names: list[str] | None = None) -> None:
+        for name in names if names is not None else list(self.sides):  # without user IDs, items only
+            ids = render_ids(self.table(name), self.sides[name].n_suffix_tokens)
             if name == "item":
                 self.vocab.item_ids[:] = ids
             else:
                 self.vocab.user_ids[:] = ids
 
-    def refresh(self) -> None:
-        """Re-embed every entity's text with the current LM, then recompute the IDs prompts use.
+    def reembed(self, name: str, index: np.ndarray | None = None) -> None:
+        """Re-embed the texts of side ``name`` at rows ``index`` (all rows when None) with the current LM."""
+        side = self.sides[name]
+        rows = np.arange(len(side.texts)) if index is None else index
+        texts = [side.texts[i] for i in rows.tolist()]
+        vectors = encode_texts(self.model, self.tokenizer, texts, 64, self.text_max_length, self.device, self.add_special_tokens)
+        getattr(self, f"semantic_{name}")[torch.from_numpy(rows).to(self.device)] = vectors.to(self.device)
+        self.reembedded[name] += len(rows)
 
-        NOTE: one refresh encodes every item and user text. On 2 CPU cores that costs hundreds of training
-        steps (MovieTweetings: about 640 s against 1.8 s per step), so keep llm.refresh_every large on CPU.
-        """
-        for name, side in self.sides.items():
-            vectors = encode_texts(self.model, self.tokenizer, side.texts, batch_size=64, max_length=self.max_length, device=self.device)
-            getattr(self, f"semantic_{name}").copy_(vectors)
+    def refresh(self) -> None:
+        """Re-embed every entity's text with the current LM, then recompute the IDs prompts use (also the freeze step)."""
+        for name in self.sides:
+            self.reembed(name)
         self.update_vocabulary()
         self.refreshes += 1
-        log.info("stage 1: refresh %d at step %d", self.refreshes, self.global_step)
+        log.info("stage 1: full refresh %d at step %d", self.refreshes, self.global_step)
+
+    def scheduled_refresh(self, step: int) -> list[str]:
+        """Re-embed what ``llm.refresh_mode`` schedules for ``step``; returns the sides whose IDs must be recomputed."""
+        changed = []
+        for name, side in self.sides.items():
+            interval = self.cfg.refresh_interval(name)
+            if self.cfg.refresh_mode == "rolling":
+                positions = rolling_slice(len(side.texts), interval, step)
+                if len(positions):
+                    self.reembed(name, self._orders[name][positions])
+                    changed.append(name)
+            elif step > 0 and step % interval == 0:
+                self.reembed(name)
+                changed.append(name)
+                log.info("stage 1: re-embedded every %s text at step %d", name, step)
+        return changed
 
     # --- losses ---
 
@@ -151,8 +199,9 @@ class DynamicRecommenderModule(RecommenderModule):
         return total
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
-        if self.global_step > 0 and self.global_step % self.cfg.refresh_every == 0:
-            self.refresh()
+        changed = self.scheduled_refresh(self.global_step)
+        if changed:
+            self.update_vocabulary(changed)
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         lm_loss = causal_lm_loss(self.model, batch)
@@ -179,9 +228,11 @@ class DynamicRecommenderModule(RecommenderModule):
         keep |= {name for name, _ in self.named_buffers() if name.startswith("semantic_") or name.startswith("towers.")}
         checkpoint["state_dict"] = {name: value for name, value in checkpoint["state_dict"].items() if name in keep}
         checkpoint["ttds_refreshes"] = self.refreshes
+        checkpoint["ttds_reembedded"] = dict(self.reembedded)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.refreshes = checkpoint.get("ttds_refreshes", 0)
+        self.reembedded.update(checkpoint.get("ttds_reembedded", {}))
 
     def on_train_start(self) -> None:
         # IDs follow the restored embeddings and towers when resuming, the tokenize stage's otherwise.

@@ -22,15 +22,26 @@ def pooled_embeddings(model: nn.Module, input_ids: Tensor, attention_mask: Tenso
 
 
 @torch.no_grad()
-def encode_texts(model: nn.Module, tokenizer, texts: list[str], batch_size: int, max_length: int, device: torch.device) -> Tensor:
-    """Embed every text with ``pooled_embeddings`` in eval mode, longest texts first for tight padding: (N, D) on CPU."""
+def encode_texts(
+    model: nn.Module, tokenizer, texts: list[str], batch_size: int, max_length: int, device: torch.device, add_special_tokens: bool = True
+) -> Tensor:
+    """Embed every text with ``pooled_embeddings`` in eval mode, longest texts first for tight padding: (N, D) on CPU.
+
+    Settings match the tokenize stage's ``semantic_encoder`` (max_length, add_special_tokens, right padding), so a
+    refreshed vector differs from the first one only through what the LM has learned since.
+    """
     was_training = model.training
     model.eval()
     order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
     out: Tensor | None = None
     for start in range(0, len(order), batch_size):
         chunk = order[start : start + batch_size]
-        batch = tokenizer([texts[i] for i in chunk], padding=True, truncation=True, max_length=max_length, return_tensors="pt")
+        batch = tokenizer(
+            [texts[i] for i in chunk], padding=True, truncation=True, max_length=max_length,
+            add_special_tokens=add_special_tokens,
+            padding_side="right",  # positions start at 0 for every text, as in the tokenize stage's encoder
+            return_tensors="pt",
+        )
         vectors = pooled_embeddings(model, batch["input_ids"].to(device), batch["attention_mask"].to(device)).cpu()
         if out is None:
             out = torch.empty(len(texts), vectors.shape[1])

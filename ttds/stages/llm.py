@@ -128,7 +128,10 @@ def run(ctx: RunContext) -> dict:
             )
             for side in sides_used
         ]
-        module = DynamicRecommenderModule(model, tokenizer, llm_cfg, llm_cfg.dynamic_steps, sides, vocab, backbone_cfg.max_length)
+        text_cfg = ctx.cfg.tokenizer.semantic_encoder
+        module = DynamicRecommenderModule(
+            model, tokenizer, llm_cfg, llm_cfg.dynamic_steps, sides, vocab, int(text_cfg.max_length), bool(text_cfg.add_special_tokens), int(ctx.cfg.seed)
+        )
         data = PromptDataModule(PromptDataset(records, vocab, seed=int(ctx.cfg.seed)), collator, llm_cfg.batch_size, int(ctx.cfg.seed), llm_cfg.num_workers)
         folder = out / "stage1"
         _trainer(ctx, llm_cfg.dynamic_steps, folder, data, llm_cfg).fit(module, datamodule=data, ckpt_path=_resume_path(folder))
@@ -139,6 +142,7 @@ def run(ctx: RunContext) -> dict:
         if llm_cfg.user_ids:
             tables["user"] = module.table("user")
         summary["stage1_refreshes"] = module.refreshes
+        summary["stage1_reembedded_texts"] = dict(module.reembedded)
 
     for side in SIDES:
         tables[side].save(out / f"{side}_table")

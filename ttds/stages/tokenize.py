@@ -12,7 +12,7 @@ from ttds.data.config import build_strict
 from ttds.data.views import evaluation_examples, training_sequences
 from ttds.embeddings.cache import cached_encode
 from ttds.embeddings.templates import TextTemplateConfig, render_item_texts, render_user_texts
-from ttds.embeddings.text_encoder import TextEncoderConfig, build_text_encoder
+from ttds.embeddings.text_encoder import TextEncoderConfig, build_text_encoder, bundled_minilm_path
 from ttds.models.sasrec_module import SASRecConfig, sasrec_embeddings, sequences_by_user, targets_by_user
 from ttds.stages.context import RunContext, write_json_atomic
 from ttds.tokenizer.artefacts import SIDES, TokenizeOutputs
@@ -89,8 +89,9 @@ def semantic_encoder_config(values: dict, ctx: RunContext) -> TextEncoderConfig:
     if values.get("kind") == "backbone":
         backbone = ctx.cfg.backbone
         if backbone.kind == "embedded-minilm":
-            # The embedded LM is the same MiniLM checkpoint: mean-pooled over the same tokens, it gives the same vectors.
-            values.update(kind="sentence", model_path=None)
+            # The embedded LM is the MiniLM checkpoint read left to right (is_decoder=True), as stage 1 re-embeds
+            # texts; the bidirectional sentence encoder gives other vectors (cosine about 0.85 to these).
+            values.update(kind="causal_lm", model_path=str(bundled_minilm_path()))
         elif backbone.kind == "local-hf":
             values.update(kind="causal_lm", model_path=backbone.path)
         else:
