@@ -15,8 +15,13 @@ $(STAMP): pyproject.toml scripts/install_torch.sh
 
 install: $(STAMP)
 
+# The demo's run directory; a second `make demo` reuses its finished stages.
+DEMO_DIR ?= outputs/demo
+
 demo: $(STAMP)
-	$(PY) train.py experiment=demo
+	$(PY) train.py experiment=demo paths.run_dir=$(DEMO_DIR)
+	$(PY) serve.py run_dir=$(DEMO_DIR) users=all top_k=10 output=$(DEMO_DIR)/recommendations.parquet
+	@echo "metrics: $(DEMO_DIR)/evaluate/metrics.md   recommendations: $(DEMO_DIR)/recommendations.parquet"
 
 test: $(STAMP)
 	$(PY) -m pytest -q tests

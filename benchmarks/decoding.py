@@ -1,22 +1,29 @@
 """Benchmark the trie-constrained beam search against transformers' generate() and against itself unconstrained.
 
 Run: python -m benchmarks.decoding [--model llama|minilm] [--items 3000] [--users 256] [--threads 1] [--repeats 2]
+     python -m benchmarks.decoding --run-dir outputs/<dataset>/<date_time> [--users 256] [--threads 1] [--repeats 2]
 
 (a) ours versus ``model.generate(num_beams, num_return_sequences, prefix_allowed_tokens_fn)`` with a
     Python dict trie: the share of users whose top-K item lists agree, and the time ratio.
 (b) our constrained versus our unconstrained search: the time ratio (the trie's overhead).
 Both searches run on the same random-weight model, catalogue and left-padded prompts, in batches of
 ``--batch-size`` users. Scores are sums of log-probs in both (generate() runs with length_penalty=0).
+With ``--run-dir`` they run instead on the trained model of a finished run: its tokenizer, its frozen item ID
+table and trie, and the evaluation prompts of the first ``--users`` users of the test split, built and
+left-padded as the evaluate stage builds them (no history exclusion, as generate() has none).
 The 1-minute load average is printed before and after, because on a shared machine it explains noisy wall times.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import Tensor, nn
@@ -29,6 +36,21 @@ log = logging.getLogger("benchmarks.decoding")
 PAD, BOS, EOS = 0, 1, 2
 TEXT_VOCAB = 1000  # ordinary prompt tokens of the random Llama, ids 3..999
 CODES_PER_LEVEL = 32  # three code levels of 32 tokens each, then a collision suffix
+SPLIT = "test"  # the split whose evaluation prompts --run-dir uses
+
+
+@dataclass
+class Setup:
+    """Inputs shared by both searches: a model, its catalogue and its users' prompts."""
+
+    model: nn.Module
+    trie: PrefixTrie
+    sequences: list[list[int]]  # token ids of every catalogue ID without EOS, item i at index i
+    prompts: list[list[int]]  # unpadded prompt token ids, one list per user
+    batches: list[tuple[Tensor, Tensor]]  # left-padded (input_ids, attention_mask), each (users, T)
+    eos_id: int
+    pad_id: int
+    header: str  # the printed description of the model, catalogue and settings
 
 
 def build_catalogue(n_items: int, first_id_token: int, generator: torch.Generator) -> tuple[list[list[int]], int]:
@@ -167,7 +189,7 @@ def fastest(repeats: int, run: Callable[[], Tensor]) -> tuple[Tensor, float, flo
     return outputs[0], min(wall), min(cpu)
 
 
-def run_generate(model, batches, root, trie, beam_width, top_k, eos_id) -> Tensor:
+def run_generate(model, batches, root, trie, beam_width, top_k, eos_id, pad_id) -> Tensor:
     items = []
     for input_ids, attention_mask in batches:
         with torch.no_grad():
@@ -181,7 +203,7 @@ def run_generate(model, batches, root, trie, beam_width, top_k, eos_id) -> Tenso
                 do_sample=False,
                 length_penalty=0.0,
                 early_stopping=True,
-                pad_token_id=PAD,
+                pad_token_id=pad_id,
                 eos_token_id=eos_id,
             )
         generated = output[:, input_ids.shape[1] :]
@@ -190,23 +212,8 @@ def run_generate(model, batches, root, trie, beam_width, top_k, eos_id) -> Tenso
     return torch.cat(items)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", choices=["llama", "minilm"], default="llama", help="random 2-layer Llama, or the bundled MiniLM as a decoder")
-    parser.add_argument("--items", type=int, default=3000, help="catalogue size (4-token IDs)")
-    parser.add_argument("--users", type=int, default=256, help="number of prompts")
-    parser.add_argument("--beam-width", type=int, default=20)
-    parser.add_argument("--top-k", type=int, default=10)
-    parser.add_argument("--batch-size", type=int, default=32, help="users per search call")
-    parser.add_argument("--prompt-tokens", type=int, nargs=2, default=(64, 128), metavar=("MIN", "MAX"), help="prompt length range")
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs per search; the fastest counts")
-    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads; 1 avoids slowdowns on a busy shared machine")
-    parser.add_argument("--skip-generate", action="store_true", help="run only part (b)")
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
+def random_setup(args: argparse.Namespace) -> Setup:
+    """Build the random-weight model, a random catalogue of 4-token IDs and random prompts."""
     generator = torch.Generator().manual_seed(0)
     n_id_tokens = 3 * CODES_PER_LEVEL + 8  # room for up to 8 suffix values
     model, first_id_token, eos_id = build_model(args.model, n_id_tokens)
@@ -216,10 +223,99 @@ def main() -> None:
     trie = PrefixTrie.from_sequences(sequences, eos_id=eos_id, special_ids=[PAD, BOS])
     prompts = random_prompts(args.users, tuple(args.prompt_tokens), first_id_token, generator)
     batches = [left_padded(prompts[start : start + args.batch_size]) for start in range(0, len(prompts), args.batch_size)]
-    print(
+    header = (
         f"model={args.model} items={len(sequences)} users={args.users} prompt_tokens={args.prompt_tokens} beam={args.beam_width} "
         f"top_k={args.top_k} batch={args.batch_size} threads={torch.get_num_threads()} repeats={args.repeats}"
     )
+    return Setup(model, trie, sequences, prompts, batches, eos_id, PAD, header)
+
+
+def load_run(run_dir: Path, args: argparse.Namespace):
+    """Load a finished run as serve.py does and return its config, dataset, trained model dict and Recommender.
+
+    The Recommender gets this benchmark's beam width, top-K and batch size. The imports are here so that
+    the random mode does not load the data and training stack.
+    """
+    from omegaconf import OmegaConf
+
+    from ttds.data.config import dataset_config_from_dict
+    from ttds.data.pipeline import load_processed
+    from ttds.stages.context import RunContext
+    from ttds.stages.data import check_run_dataset
+    from ttds.stages.evaluate import build_recommender
+    from ttds.stages.loading import load_trained
+
+    config_path = run_dir / "llm" / "config.json"
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{config_path} not found. Pass as --run-dir a run directory whose llm stage finished.")
+    cfg = OmegaConf.create(json.loads(config_path.read_text()))
+    OmegaConf.update(cfg, "eval.beam_width", args.beam_width)
+    OmegaConf.update(cfg, "eval.top_k", [args.top_k])
+    OmegaConf.update(cfg, "eval.batch_size", args.batch_size)
+    OmegaConf.update(cfg, "eval.exclude_history", False)  # generate() cannot exclude items, so neither search does
+
+    ctx = RunContext(cfg=cfg, run_dir=run_dir, cache_dir=Path(cfg.paths.cache_dir))
+    dataset_cfg = dataset_config_from_dict(OmegaConf.to_container(cfg.dataset, resolve=True))
+    dataset = load_processed(dataset_cfg, ctx.cache_dir / "processed")
+    check_run_dataset(ctx, dataset.fingerprint)
+    ctx.artefacts["dataset"] = dataset
+    trained = load_trained(ctx)
+    return cfg, dataset, trained, build_recommender(ctx, trained)
+
+
+def catalogue_sequences(trained: dict, trie: PrefixTrie) -> list[list[int]]:
+    """Read the token ids of every item's ID as build_trie does, and check that the trie maps each ID to its item."""
+    tokenizer = trained["tokenizer"]
+    sequences = [tokenizer.convert_tokens_to_ids(tokens) for tokens in trained["tables"]["item"].token_sequences()]
+    ids = torch.tensor(sequences)  # (n_items, ID length), because all IDs of one table have the same length
+    items = trie.items_of(trie.walk(torch.cat([ids, torch.full((len(ids), 1), trie.eos_id)], dim=1)))
+    if not torch.equal(items, torch.arange(len(sequences))):
+        raise ValueError(
+            "the trie built from the item table does not map the ID of item i to item i, so the two searches would not be comparable."
+        )
+    return sequences
+
+
+def trained_setup(args: argparse.Namespace) -> Setup:
+    """Load the trained model of ``--run-dir`` with its catalogue trie, and build the prompts of its first test users."""
+    from ttds.data.views import evaluation_examples
+
+    run_dir = Path(args.run_dir)
+    cfg, dataset, trained, recommender = load_run(run_dir, args)
+    examples = evaluation_examples(dataset, SPLIT, int(cfg.dataset.preprocess.max_history)).head(args.users)
+    if examples.height < args.users:
+        log.warning("the %s split has only %d users with a target, fewer than --users %d", SPLIT, examples.height, args.users)
+    users, histories = examples["user_idx"].to_list(), examples["history"].to_list()
+
+    # The batches are the ones Recommender.recommend builds: the evaluation template, left-padded by its collator.
+    batches = []
+    for start in range(0, len(users), args.batch_size):
+        span = slice(start, start + args.batch_size)
+        batch = recommender.collator(recommender.prompts(users[span], histories[span]))
+        batches.append((batch["input_ids"], batch["attention_mask"]))
+    prompts = []
+    for input_ids, attention_mask in batches:
+        prompts += [ids[mask.bool()].tolist() for ids, mask in zip(input_ids, attention_mask, strict=True)]
+
+    trie = recommender.trie
+    sequences = catalogue_sequences(trained, trie)
+    tokenizer = trained["tokenizer"]
+    lengths = [len(prompt) for prompt in prompts]
+    backbone, model = cfg.backbone, trained["model"]
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # the class under the LoRA wrapper
+    header = (
+        f"run_dir={run_dir} backbone={backbone.kind} path={backbone.path or 'bundled'} dtype={backbone.dtype} model={type(base).__name__}\n"
+        f"items={len(sequences)} id_tokens={trie.max_length - 1}+EOS users={len(users)} ({SPLIT} split, first users) "
+        f"prompt_tokens=[{min(lengths)}, {max(lengths)}] beam={args.beam_width} top_k={args.top_k} batch={args.batch_size} "
+        f"threads={torch.get_num_threads()} repeats={args.repeats}"
+    )
+    return Setup(model, trie, sequences, prompts, batches, tokenizer.eos_token_id, tokenizer.pad_token_id, header)
+
+
+def benchmark(setup: Setup, args: argparse.Namespace) -> None:
+    """Time (b) our constrained against our unconstrained search, then (a) ours against generate(), and print the table."""
+    model, trie, batches = setup.model, setup.trie, setup.batches
+    print(setup.header)
     print(f"load average before: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
 
     # Warm-up: the first calls pay for lazy initialisation in torch and transformers.
@@ -235,18 +331,44 @@ def main() -> None:
     if args.skip_generate:
         print(f"load average after: {os.getloadavg()[0]:.1f}")
         return
-    root = dict_trie(sequences, eos_id)
-    run_generate(model, batches[:1], root, trie, args.beam_width, args.top_k, eos_id)
+    root = dict_trie(setup.sequences, setup.eos_id)
+    run_generate(model, batches[:1], root, trie, args.beam_width, args.top_k, setup.eos_id, setup.pad_id)
     reference, generate_wall, generate_cpu = fastest(
-        args.repeats, lambda: run_generate(model, batches, root, trie, args.beam_width, args.top_k, eos_id)
+        args.repeats, lambda: run_generate(model, batches, root, trie, args.beam_width, args.top_k, setup.eos_id, setup.pad_id)
     )
     same_lists = float((reference == ours).all(dim=1).float().mean())
     same_sets = sum(set(a.tolist()) == set(b.tolist()) for a, b in zip(ours, reference, strict=True)) / len(ours)
     print(f"(a) generate() {generate_wall:.2f} s wall / {generate_cpu:.2f} s CPU")
     print(f"    speed-up of ours: wall {generate_wall / ours_wall:.1f}x, CPU {generate_cpu / ours_cpu:.1f}x (target >= 10x)")
     print(f"    users with identical ordered top-{args.top_k}: {same_lists:.3f}, identical sets: {same_sets:.3f}")
-    explain_disagreements(model, prompts, sequences, ours, reference, eos_id)
+    explain_disagreements(model, setup.prompts, setup.sequences, ours, reference, setup.eos_id)
     print(f"load average after: {os.getloadavg()[0]:.1f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", choices=["llama", "minilm"], default="llama", help="random 2-layer Llama, or the bundled MiniLM as a decoder")
+    parser.add_argument(
+        "--run-dir",
+        default=None,
+        help="directory of a finished training run, whose trained model replaces the random one (--model, --items and --prompt-tokens are then ignored)",
+    )
+    parser.add_argument("--items", type=int, default=3000, help="catalogue size (4-token IDs)")
+    parser.add_argument("--users", type=int, default=256, help="number of prompts")
+    parser.add_argument("--beam-width", type=int, default=20)
+    parser.add_argument("--top-k", type=int, default=10)
+    parser.add_argument("--batch-size", type=int, default=32, help="users per search call")
+    parser.add_argument("--prompt-tokens", type=int, nargs=2, default=(64, 128), metavar=("MIN", "MAX"), help="prompt length range")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per search; the fastest counts")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads; 1 avoids slowdowns on a busy shared machine")
+    parser.add_argument("--skip-generate", action="store_true", help="run only part (b)")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    setup = trained_setup(args) if args.run_dir else random_setup(args)
+    benchmark(setup, args)
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ from ttds.backbone import (
     load_backbone,
     save_adapter_checkpoint,
 )
-from ttds.backbone.checkpoint import ADAPTER_FILE, META_FILE, ROWS_FILE, _file_sha256
+from ttds.backbone.checkpoint import ADAPTER_FILE, FULL_FILE, META_FILE, ROWS_FILE, _file_sha256
 
 SIX_TOKENS = ["<a_3>", "<a_12>", "<b_1>", "<b_4>", "<c_7>", "<ua_3>"]
 TABLE_HASH = "table-0123abcd"
@@ -60,13 +60,21 @@ def _trained_checkpoint(folder: Path, cfg: BackboneConfig):
 
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory):
-    """Two trained checkpoints: the embedded MiniLM (tied head) and a tiny local Llama (untied head)."""
+    """Trained checkpoints: the embedded MiniLM (tied head), a tiny local Llama (untied head), a fully trained scratch Llama."""
     root = tmp_path_factory.mktemp("adapters")
     llama_folder = save_tiny_folder(root / "tiny_llama", "llama")
     configs = {
         "minilm": backbone_config_from_dict({"kind": "embedded-minilm", "lora": {"rank": 4}}),
         "llama": backbone_config_from_dict(
             {"kind": "local-hf", "path": str(llama_folder), "max_length": 128, "lora": {"rank": 4}}
+        ),
+        "scratch": backbone_config_from_dict(
+            {
+                "kind": "scratch-llama",
+                "max_length": 128,
+                "lora": {"rank": 4, "train_base": True},
+                "scratch": {"hidden_size": 32, "num_layers": 2, "num_heads": 4, "intermediate_size": 64, "max_position_embeddings": 128},
+            }
         ),
     }
     return {name: (root / name, *_trained_checkpoint(root / name, cfg)) for name, cfg in configs.items()}
@@ -86,7 +94,8 @@ def _rewrite_adapter(folder: Path, tensors: dict[str, torch.Tensor]) -> None:
 
 def test_fresh_process_reload_is_identical(checkpoints, tmp_path):
     out = tmp_path / "child.safetensors"
-    paths = [str(checkpoints[name][0]) for name in ("minilm", "llama")]
+    names = ("minilm", "llama", "scratch")
+    paths = [str(checkpoints[name][0]) for name in names]
     result = subprocess.run(
         [sys.executable, "-c", CHILD, str(out), TABLE_HASH, "|".join(PROMPTS), *paths],
         capture_output=True,
@@ -96,7 +105,7 @@ def test_fresh_process_reload_is_identical(checkpoints, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     child = load_file(out)
 
-    for index, name in enumerate(("minilm", "llama")):
+    for index, name in enumerate(names):
         _, model, tokenizer = checkpoints[name]
         meta = json.loads((checkpoints[name][0] / META_FILE).read_text())
         batch = GenerationCollator(tokenizer, 64)(PROMPTS)
@@ -115,6 +124,20 @@ def test_checkpoint_stores_rows_not_matrices(checkpoints):
         assert vocab_sized == [], name
         assert any("trainable_tokens_delta" in key for key in tensors), name
         assert load_file(folder / ROWS_FILE)["input_embedding"].shape[0] == len(SIX_TOKENS) + 1
+
+
+def test_train_base_checkpoint_stores_every_trained_weight(checkpoints):
+    folder, model, _ = checkpoints["scratch"]
+    full = load_file(folder / FULL_FILE)
+    rebuilt, _ = load_backbone(backbone_config_from_dict(json.loads((folder / META_FILE).read_text())["backbone"]), "cpu")
+    stored = full["base_model.model.model.layers.0.mlp.down_proj.base_layer.weight"]
+
+    assert set(full) == set(model.state_dict())
+    assert not torch.equal(stored, rebuilt.state_dict()["model.layers.0.mlp.down_proj.weight"])  # the step changed a base weight
+
+
+def test_lora_only_checkpoint_has_no_full_weights(checkpoints):
+    assert not (checkpoints["llama"][0] / FULL_FILE).exists()
 
 
 def test_minilm_checkpoint_keeps_head_transform(checkpoints):

@@ -3,6 +3,7 @@
 A checkpoint is a folder:
     adapter.safetensors      peft adapter weights: LoRA matrices, ID-token rows, fully trained head layers
     id_token_rows.safetensors  the effective input-embedding rows the adapter trains (ID tokens, EOS), checked on load
+    model.safetensors        every weight, only when ``backbone.lora.train_base`` trains the base model too
     adapter_meta.json        format, ID tokens and their ids, backbone config and identity, table hash, file checksums
 Nothing is pickled. The folder is written under a temporary name next to the target and renamed into place, so a
 reader never sees a half-written checkpoint.
@@ -36,6 +37,7 @@ FORMAT_VERSION = 1
 ADAPTER_FILE = "adapter.safetensors"
 ROWS_FILE = "id_token_rows.safetensors"
 META_FILE = "adapter_meta.json"
+FULL_FILE = "model.safetensors"
 FINGERPRINT_ROWS = 256  # embedding rows sampled for the backbone fingerprint
 
 
@@ -75,6 +77,12 @@ def save_adapter_checkpoint(
     stage.mkdir(parents=True)
     save_file(tensors, stage / ADAPTER_FILE, metadata={"format": FORMAT})
     save_file(rows, stage / ROWS_FILE, metadata={"format": FORMAT})
+    files = [ADAPTER_FILE, ROWS_FILE]
+    if backbone.lora.train_base:
+        # Clones again, because tied embedding and head share storage.
+        full = {key: value.detach().to("cpu").contiguous().clone() for key, value in model.state_dict().items()}
+        save_file(full, stage / FULL_FILE, metadata={"format": FORMAT})
+        files.append(FULL_FILE)
 
     meta = {
         "format": FORMAT,
@@ -85,7 +93,7 @@ def save_adapter_checkpoint(
         "backbone": backbone.to_dict(),
         "trainable_row_ids": row_ids,
         "identity": backbone_identity(model, tokenizer, row_ids),
-        "sha256": {name: _file_sha256(stage / name) for name in (ADAPTER_FILE, ROWS_FILE)},
+        "sha256": {name: _file_sha256(stage / name) for name in files},
     }
     (stage / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
 
@@ -135,16 +143,19 @@ def load_adapter_checkpoint(
     row_ids = trainable_row_ids(tokenizer, cfg.lora, id_token_ids)
 
     identity = backbone_identity(peft_model, tokenizer, row_ids)
-    _check_identity(path, meta["identity"], identity)
+    # With train_base every weight comes from the checkpoint, so the rebuilt weights need not match, only their shapes.
+    _check_identity(path, meta["identity"], identity, compare_weights=not cfg.lora.train_base)
 
     tensors = load_file(path / ADAPTER_FILE)
-    _check_keys(path, tensors, _adapter_state(peft_model))
+    _check_keys(path / ADAPTER_FILE, tensors, _adapter_state(peft_model))
     result = set_peft_model_state_dict(peft_model, tensors)
     unexpected = [key for key in result.unexpected_keys if key]
     if unexpected:
         raise ValueError(
             f"{path / ADAPTER_FILE}: peft did not place keys {unexpected[:10]}; the adapter layout differs from the rebuilt model."
         )
+    if cfg.lora.train_base:
+        _load_full_weights(path, peft_model)
     peft_model.eval()
 
     stored_rows = load_file(path / ROWS_FILE)["input_embedding"]
@@ -205,8 +216,16 @@ def backbone_identity(model: PeftModel, tokenizer: PreTrainedTokenizerBase, trai
     }
 
 
-def _check_identity(path: Path, stored: dict[str, Any], current: dict[str, Any]) -> None:
-    for key in ("model_type", "hidden_size", "vocab_size", "fingerprint"):
+def _load_full_weights(path: Path, model: PeftModel) -> None:
+    """Load every weight of a train_base checkpoint; any missing or unexpected key is an error."""
+    tensors = load_file(path / FULL_FILE)
+    _check_keys(path / FULL_FILE, tensors, model.state_dict())
+    model.load_state_dict(tensors, strict=True)
+
+
+def _check_identity(path: Path, stored: dict[str, Any], current: dict[str, Any], compare_weights: bool = True) -> None:
+    keys = ("model_type", "hidden_size", "vocab_size", "fingerprint") if compare_weights else ("model_type", "hidden_size", "vocab_size")
+    for key in keys:
         if stored.get(key) != current[key]:
             raise ValueError(
                 f"{path} was trained on a different backbone: {key} is {stored.get(key)!r} in the checkpoint but "
@@ -214,18 +233,18 @@ def _check_identity(path: Path, stored: dict[str, Any], current: dict[str, Any])
             )
 
 
-def _check_keys(path: Path, tensors: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> None:
+def _check_keys(file: Path, tensors: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> None:
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))
     if missing or unexpected:
         raise ValueError(
-            f"{path / ADAPTER_FILE} does not fit the rebuilt model: missing keys {missing[:10]} ({len(missing)} in all), "
+            f"{file} does not fit the rebuilt model: missing keys {missing[:10]} ({len(missing)} in all), "
             f"unexpected keys {unexpected[:10]} ({len(unexpected)} in all); the LoRA settings or the backbone changed since it was saved."
         )
     for key, value in tensors.items():
         if value.shape != expected[key].shape:
             raise ValueError(
-                f"{path / ADAPTER_FILE}: {key} has shape {tuple(value.shape)} but the rebuilt model expects {tuple(expected[key].shape)}."
+                f"{file}: {key} has shape {tuple(value.shape)} but the rebuilt model expects {tuple(expected[key].shape)}."
             )
 
 

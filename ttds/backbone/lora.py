@@ -73,6 +73,11 @@ def apply_lora(
         bias="none",
     )
     peft_model = get_peft_model(model, config)
+    if settings.train_base:
+        # A randomly initialised model learns nothing useful through low-rank updates alone, so every weight trains;
+        # the LoRA matrices stay in place, which keeps one code path for optimisation and checkpoints.
+        for parameter in peft_model.parameters():
+            parameter.requires_grad_(True)
 
     trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in peft_model.parameters())
