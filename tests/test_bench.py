@@ -196,3 +196,20 @@ def test_experiment_overlay_composes(name):
         for part in key.split("."):
             value = value[part]
         assert value == expected, key
+
+
+def test_lm_model_runs_through_train_py(tmp_path):
+    """The LM path end to end: train.py as a subprocess writes metrics, a run record and report rows."""
+    cfg = bench_config(tmp_path, ["base_experiment=tiny", "models=[tiger]", "seeds=[0]", "section=lm_test"])
+    (tmp_path / "BENCHMARKS.md").write_text("<!-- bench:lm_test start -->\n<!-- bench:lm_test end -->\n")
+    run_benchmark(cfg, DATASET_OVERRIDES, "python -m ttds.bench (LM test)")
+    run_dir = tmp_path / "out" / "tiger" / "seed0"
+    record = json.loads((run_dir / "bench_run.json").read_text())
+    metrics = run_metrics(tmp_path, "tiger", 0)
+    report = (tmp_path / "BENCHMARKS.md").read_text()
+
+    assert record["status"] == "finished"
+    assert record["kind"] == "train.py"
+    assert (run_dir / "llm" / "adapter").is_dir()
+    assert metrics["test"]["n_users"] == 32  # tiny evaluates the first 32 users
+    assert "| tiger |" in report
