@@ -132,10 +132,12 @@ class DynamicRecommenderModule(RecommenderModule):
     def update_vocabulary(self, names: list[str] | None = None) -> None:
         for name in names if names is not None else list(self.sides):  # without user IDs, items only
             ids = render_ids(self.table(name), self.sides[name].n_suffix_tokens)
-            if name == "item":
-                self.vocab.item_ids[:] = ids
-            else:
-                self.vocab.user_ids[:] = ids
+            current = self.vocab.item_ids if name == "item" else self.vocab.user_ids
+            moved = sum(old != new for old, new in zip(current, ids, strict=True))
+            current[:] = ids
+            if self._trainer is not None and self.trainer.training:
+                # How many IDs this update moved: large values late in stage 1 mean the index has not settled.
+                self.log(f"train/{name}_ids_moved", float(moved), batch_size=1)
 
     def reembed(self, name: str, index: np.ndarray | None = None) -> None:
         """Re-embed the texts of side ``name`` at rows ``index`` (all rows when None) with the current LM."""
