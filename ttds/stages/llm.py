@@ -19,6 +19,7 @@ from ttds.llm.config import llm_config_from_dict
 from ttds.llm.data import PromptDataModule
 from ttds.llm.dynamic import DynamicRecommenderModule, EntitySide, render_ids
 from ttds.llm.recommender import RecommenderModule
+from ttds.llm.texts import clip_texts
 from ttds.stages.context import RunContext, write_json_atomic
 from ttds.stages.loading import load_trained
 from ttds.tasks.base import Vocabulary, load_templates
@@ -91,14 +92,16 @@ def run(ctx: RunContext) -> dict:
     token_ids = add_id_tokens(model, tokenizer, tokens, seed=backbone_cfg.seed)
     model = apply_lora(model, tokenizer, backbone_cfg.lora, token_ids)
 
-    # Prompts render from the current ID strings, so stage 1 can move them in place.
+    # Prompts render from the current ID strings, so stage 1 can move them in place. Texts keep the token budget
+    # they were embedded with, and at most half the sequence, so a text response and its prompt fit together.
+    text_tokens = min(int(ctx.cfg.tokenizer.semantic_encoder.max_length), backbone_cfg.max_length // 2)
     titles = dataset.items.sort("item_idx")["title"].to_list()
     vocab = Vocabulary(
         item_ids=render_ids(tok.tables["item"], suffix_tokens),
         user_ids=render_ids(tok.tables["user"], 0) if llm_cfg.user_ids else [""] * dataset.n_users,
-        item_titles=titles,
-        item_texts=tok.texts["item"],
-        user_texts=tok.texts["user"],
+        item_titles=clip_texts(titles, tokenizer, text_tokens),
+        item_texts=clip_texts(tok.texts["item"], tokenizer, text_tokens),
+        user_texts=clip_texts(tok.texts["user"], tokenizer, text_tokens),
     )
     templates = load_templates(tasks_cfg.templates)
     records = TaskRecords(TaskData(dataset, int(ctx.cfg.dataset.preprocess.max_history), tasks_cfg.neighbours), tasks_cfg, templates)

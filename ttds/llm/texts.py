@@ -1,0 +1,35 @@
+"""Clip entity texts to a token budget before they enter prompts and responses."""
+
+from __future__ import annotations
+
+import logging
+
+from transformers import PreTrainedTokenizerBase
+
+log = logging.getLogger(__name__)
+
+
+def clip_texts(texts: list[str], tokenizer: PreTrainedTokenizerBase, max_tokens: int) -> list[str]:
+    """Cut every text after its first ``max_tokens`` tokens, at the character where the next token starts.
+
+    Texts within the budget come back unchanged. User texts of long-titled catalogues run to hundreds of tokens
+    (Amazon Scientific: up to 509), which would not fit a response of the user_to_text task.
+    """
+    if max_tokens < 1:
+        raise ValueError(f"max_tokens={max_tokens} must be at least 1.")
+    if not tokenizer.is_fast:
+        raise ValueError(f"{type(tokenizer).__name__} is a slow tokenizer; clipping needs offsets, so load a fast tokenizer.")
+
+    encoded = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    clipped = []
+    for text, offsets in zip(texts, encoded, strict=True):
+        if len(offsets) <= max_tokens:
+            clipped.append(text)
+            continue
+        end = offsets[max_tokens - 1][1]  # end character of the last kept token
+        clipped.append(text[:end].rstrip())
+
+    n_clipped = sum(a != b for a, b in zip(texts, clipped, strict=True))
+    if n_clipped:
+        log.info("clipped %d of %d texts to %d tokens", n_clipped, len(texts), max_tokens)
+    return clipped
