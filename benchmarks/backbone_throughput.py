@@ -4,7 +4,7 @@ Run: python -m benchmarks.backbone_throughput --run-dir DIR [--backbones embedde
      [--local-hf PATH] [--steps 20] [--warmup 3] [--batch-size 16] [--threads 1] [--round-steps 5] [--output PATH]
 
 DIR is a run directory whose tokenize stage has finished (e.g. made by `python train.py experiment=tiny`). Its dataset,
-ID tables and texts are rendered into (prompt, response) pairs once, exactly as the llm stage renders them. Each
+ID tables and texts are rendered into (prompt, response) pairs once, as the llm stage renders them but without clipping long texts (MovieTweetings texts fit; see ttds/llm/texts.py). Each
 backbone is built from its shipped conf/backbone/*.yaml with the run's ID tokens and LoRA, and trained with AdamW over
 its trainable weights. Batch k contains the same example indices for every backbone. Each backbone's tokenizer collates
 them separately, outside the timed region.
@@ -164,28 +164,43 @@ def load_inputs(cfg: Any, run_dir: Path):
     return dataset, TokenizeOutputs.load(run_dir / "tokenize")
 
 
-def build_prompts(cfg: Any, dataset, tok: TokenizeOutputs, llm_cfg: LLMConfig, suffix_tokens: int) -> PromptDataset:
-    """Build the stage-1 prompt dataset of the run: its task mixture, templates and initial ID strings."""
-    tasks_cfg = tasks_config_from_dict(OmegaConf.to_container(cfg.tasks, resolve=True))
-    if not llm_cfg.user_ids:
-        tasks_cfg = without_user_id_tasks(tasks_cfg)
-    vocab = Vocabulary(
+def build_vocabulary(dataset, tok: TokenizeOutputs, llm_cfg: LLMConfig, suffix_tokens: int) -> Vocabulary:
+    """Build the strings prompts render from: the tokenize stage's ID strings, the item titles and the entity texts."""
+    return Vocabulary(
         item_ids=render_ids(tok.tables["item"], suffix_tokens),
         user_ids=render_ids(tok.tables["user"], 0) if llm_cfg.user_ids else [""] * dataset.n_users,
         item_titles=dataset.items.sort("item_idx")["title"].to_list(),
         item_texts=tok.texts["item"],
         user_texts=tok.texts["user"],
     )
+
+
+def build_task_records(cfg: Any, dataset, llm_cfg: LLMConfig) -> TaskRecords:
+    """Build the records of the run's task mixture, without the user-ID tasks when llm.user_ids is off."""
+    tasks_cfg = tasks_config_from_dict(OmegaConf.to_container(cfg.tasks, resolve=True))
+    if not llm_cfg.user_ids:
+        tasks_cfg = without_user_id_tasks(tasks_cfg)
     templates = load_templates(tasks_cfg.templates)
-    records = TaskRecords(TaskData(dataset, int(cfg.dataset.preprocess.max_history), tasks_cfg.neighbours), tasks_cfg, templates)
+    return TaskRecords(TaskData(dataset, int(cfg.dataset.preprocess.max_history), tasks_cfg.neighbours), tasks_cfg, templates)
+
+
+def build_prompts(cfg: Any, dataset, tok: TokenizeOutputs, llm_cfg: LLMConfig, suffix_tokens: int) -> PromptDataset:
+    """Build the stage-1 prompt dataset of the run: its task mixture, templates and initial ID strings."""
+    records = build_task_records(cfg, dataset, llm_cfg)
+    vocab = build_vocabulary(dataset, tok, llm_cfg, suffix_tokens)
     return PromptDataset(records, vocab, seed=int(cfg.seed))
+
+
+def batch_indices(n_examples: int, n_batches: int, batch_size: int) -> list[list[int]]:
+    """Return the example indices of ``n_batches`` consecutive batches of the shuffled epoch, wrapping around at its end."""
+    if n_examples == 0:
+        raise ValueError("the run's task mixture has no examples. Check the tasks config and the dataset.")
+    return [[(step * batch_size + row) % n_examples for row in range(batch_size)] for step in range(n_batches)]
 
 
 def batch_pairs(prompts: PromptDataset, n_batches: int, batch_size: int) -> list[list[tuple[str, str]]]:
     """Render ``n_batches`` batches of consecutive examples of the shuffled epoch, wrapping around at its end."""
-    if len(prompts) == 0:
-        raise ValueError("the run's task mixture has no examples. Check the tasks config and the dataset.")
-    return [[prompts[(step * batch_size + row) % len(prompts)] for row in range(batch_size)] for step in range(n_batches)]
+    return [[prompts[index] for index in batch] for batch in batch_indices(len(prompts), n_batches, batch_size)]
 
 
 # Backbones.
@@ -236,7 +251,7 @@ def build_backbone(kind: str, settings: dict, tokens: list[str], llm_cfg: LLMCon
 # Timing.
 
 
-def _synchronize(device: torch.device) -> None:
+def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
@@ -248,7 +263,7 @@ def train_step(run: BackboneRun, pairs: list[tuple[str, str]], gradient_clip: fl
     """
     device = next(run.model.parameters()).device
     batch = {name: tensor.to(device) for name, tensor in run.collator(pairs).items()}  # each (B, T)
-    _synchronize(device)
+    synchronize(device)
 
     start = time.perf_counter()
     run.optimizer.zero_grad(set_to_none=True)
@@ -257,7 +272,7 @@ def train_step(run: BackboneRun, pairs: list[tuple[str, str]], gradient_clip: fl
     if gradient_clip > 0:
         torch.nn.utils.clip_grad_norm_([p for group in run.optimizer.param_groups for p in group["params"]], gradient_clip)
     run.optimizer.step()
-    _synchronize(device)
+    synchronize(device)
     seconds = time.perf_counter() - start
 
     if not torch.isfinite(loss):
