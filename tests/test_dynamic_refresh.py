@@ -60,6 +60,13 @@ def test_rolling_mode_reembeds_each_text_once_per_interval():
     assert module.reembedded["user"] == len(USER_TEXTS) * 3 // 5
 
 
+def test_rolling_mode_updates_ids_at_the_end_of_each_cycle():
+    module = _module("rolling", refresh_every=3, user_refresh_every=2)
+    changed = [module.scheduled_refresh(step) for step in range(6)]
+
+    assert changed == [[], ["user"], ["item"], ["user"], [], ["item", "user"]]
+
+
 def test_rolling_refresh_gives_the_full_encoding():
     module = _module("rolling", refresh_every=4, user_refresh_every=None)
     for step in range(4):

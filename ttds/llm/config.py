@@ -19,8 +19,8 @@ class LLMConfig:
     gradient_clip: float = 1.0  # max gradient norm; 0 turns clipping off
     dynamic_steps: int = 100  # optimizer steps of stage 1 (LM and towers together); 0 skips stage 1
     static_steps: int = 300  # optimizer steps of stage 2 on frozen IDs
-    refresh_every: int = 50  # stage 1: every item text is re-encoded with the LM once per N steps
-    user_refresh_every: int | None = 200  # stage 1: the same for user texts (longer, more numerous); None = refresh_every
+    refresh_every: int = 100  # stage 1: every item text is re-encoded with the LM once per N steps
+    user_refresh_every: int | None = 400  # stage 1: the same for user texts (longer, more numerous); None = refresh_every
     refresh_mode: str = "rolling"  # "rolling": a 1/N slice every step; "full": every text at once every N steps
     tower_weight: float = 1.0  # stage 1: weight of the towers' own losses
     tower_batch_size: int = 256  # stage 1: entities per tower loss

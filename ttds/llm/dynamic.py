@@ -4,11 +4,11 @@ The LM re-embeds entity texts (mean-pooled last hidden state, no gradient) on a 
 re-encode those embeddings with the fixed collaborative vectors, and the ID strings that prompts are
 rendered from are replaced. Each side has its own interval (``refresh_every`` for items,
 ``user_refresh_every`` for users): in ``full`` mode every text is re-embedded at once every interval
-steps, in ``rolling`` mode a 1/interval slice of a fixed permutation is re-embedded at every step, so each
-text is at most one interval old either way and no step pays for a whole pass. Between refreshes the
-towers keep training on the cached embeddings with their own losses, and an alignment loss (InfoNCE +
-MSE) pulls the LM's embedding of an entity's ID string toward its embedding of the entity's text, text
-side detached.
+steps, in ``rolling`` mode a 1/interval slice of a fixed permutation is re-embedded at every step and the IDs
+are recomputed after the last slice of each cycle. Each text is at most one interval old either way, and in
+rolling mode no step pays for a whole pass. Between refreshes the towers keep training on the cached
+embeddings with their own losses, and an alignment loss (InfoNCE + MSE) pulls the LM's embedding of an
+entity's ID string toward its embedding of the entity's text, text side detached.
 """
 
 from __future__ import annotations
@@ -165,6 +165,8 @@ class DynamicRecommenderModule(RecommenderModule):
                 positions = rolling_slice(len(side.texts), interval, step)
                 if len(positions):
                     self.reembed(name, self._orders[name][positions])
+                # IDs follow once per cycle, so prompts keep stable IDs between updates, as in full mode.
+                if (step + 1) % interval == 0:
                     changed.append(name)
             elif step > 0 and step % interval == 0:
                 self.reembed(name)
