@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml scripts/install_torch.sh
 
 install: $(STAMP)
 
-# The demo's run directory; a second `make demo` reuses its finished stages.
+# Run directory of the demo. A second `make demo` reuses the stages that finished there.
 DEMO_DIR ?= outputs/demo
 
 demo: $(STAMP)

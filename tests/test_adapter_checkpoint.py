@@ -126,14 +126,14 @@ def test_checkpoint_stores_rows_not_matrices(checkpoints):
         assert load_file(folder / ROWS_FILE)["input_embedding"].shape[0] == len(SIX_TOKENS) + 1
 
 
-def test_train_base_checkpoint_stores_every_trained_weight(checkpoints):
+def test_train_base_checkpoint_stores_all_weights(checkpoints):
     folder, model, _ = checkpoints["scratch"]
     full = load_file(folder / FULL_FILE)
     rebuilt, _ = load_backbone(backbone_config_from_dict(json.loads((folder / META_FILE).read_text())["backbone"]), "cpu")
     stored = full["base_model.model.model.layers.0.mlp.down_proj.base_layer.weight"]
 
     assert set(full) == set(model.state_dict())
-    assert not torch.equal(stored, rebuilt.state_dict()["model.layers.0.mlp.down_proj.weight"])  # the step changed a base weight
+    assert not torch.equal(stored, rebuilt.state_dict()["model.layers.0.mlp.down_proj.weight"])  # the training step changed a base weight
 
 
 def test_lora_only_checkpoint_has_no_full_weights(checkpoints):

@@ -20,13 +20,13 @@ USER_TEXTS = [f"user {i} watched {' and '.join(ITEM_TEXTS[: i + 1])}" for i in r
 
 
 @pytest.mark.parametrize(("n", "interval"), [(7, 3), (9, 9), (5, 8), (100, 7)])
-def test_rolling_slices_cover_every_position_once_per_interval(n, interval):
+def test_rolling_slices_cover_each_cycle(n, interval):
     for cycle in range(3):
         positions = np.concatenate([rolling_slice(n, interval, step) for step in range(cycle * interval, (cycle + 1) * interval)])
         assert sorted(positions.tolist()) == list(range(n))
 
 
-def test_rolling_slices_differ_in_size_by_at_most_one():
+def test_rolling_slice_sizes_are_balanced():
     sizes = [len(rolling_slice(100, 7, step)) for step in range(7)]
     assert max(sizes) - min(sizes) <= 1
 
@@ -50,7 +50,7 @@ def _module(mode: str, refresh_every: int, user_refresh_every: int | None) -> Dy
     return module
 
 
-def test_rolling_mode_reembeds_each_text_once_per_interval():
+def test_rolling_mode_reembeds_each_text_once():
     module = _module("rolling", refresh_every=3, user_refresh_every=5)
     for step in range(3):
         module.scheduled_refresh(step)
@@ -60,14 +60,14 @@ def test_rolling_mode_reembeds_each_text_once_per_interval():
     assert module.reembedded["user"] == len(USER_TEXTS) * 3 // 5
 
 
-def test_rolling_mode_updates_ids_at_the_end_of_each_cycle():
+def test_rolling_mode_updates_ids_per_cycle():
     module = _module("rolling", refresh_every=3, user_refresh_every=2)
     changed = [module.scheduled_refresh(step) for step in range(6)]
 
     assert changed == [[], ["user"], ["item"], ["user"], [], ["item", "user"]]
 
 
-def test_rolling_refresh_gives_the_full_encoding():
+def test_rolling_refresh_matches_full_encoding():
     module = _module("rolling", refresh_every=4, user_refresh_every=None)
     for step in range(4):
         module.scheduled_refresh(step)
@@ -76,7 +76,7 @@ def test_rolling_refresh_gives_the_full_encoding():
     torch.testing.assert_close(module.semantic_item, expected)
 
 
-def test_full_mode_reembeds_a_side_only_at_its_interval():
+def test_full_mode_reembeds_at_interval():
     module = _module("full", refresh_every=2, user_refresh_every=3)
 
     assert module.scheduled_refresh(0) == []
@@ -97,15 +97,32 @@ def test_ids_follow_refreshed_vectors():
     assert module.vocab.item_ids != before
 
 
-def test_bad_refresh_settings_are_rejected():
+def test_resume_restores_prompt_ids():
+    module = _module("rolling", refresh_every=3, user_refresh_every=None)
+    module.update_vocabulary()
+    checkpoint = {"state_dict": module.state_dict()}
+    module.on_save_checkpoint(checkpoint)
+    saved_ids = list(checkpoint["ttds_ids"]["item"])
+    # Mark the stored strings, so only restoring them (not recomputing from the vectors) can produce these.
+    checkpoint["ttds_ids"]["item"] = [f"{ids}<mark>" for ids in saved_ids]
+
+    resumed = _module("rolling", refresh_every=3, user_refresh_every=None)
+    resumed.on_load_checkpoint(checkpoint)
+    resumed.on_train_start()
+
+    assert saved_ids == module.vocab.item_ids
+    assert resumed.vocab.item_ids == [f"{ids}<mark>" for ids in saved_ids]
+
+
+def test_invalid_refresh_settings_raise():
     with pytest.raises(ValueError, match="refresh_mode"):
         LLMConfig(refresh_mode="sometimes")
     with pytest.raises(ValueError, match="user_refresh_every"):
         LLMConfig(user_refresh_every=0)
 
 
-def test_tokenize_vectors_equal_the_refresh_vectors_of_the_embedded_backbone():
-    """kind=backbone must embed texts exactly as stage 1 re-embeds them, or IDs jump at the first refresh."""
+def test_tokenize_vectors_match_refresh():
+    """For the embedded MiniLM, kind=backbone must embed texts as stage 1 re-embeds them, or IDs jump at the first refresh."""
     from ttds.backbone.config import backbone_config_from_dict
     from ttds.backbone.lm import load_backbone
     from ttds.embeddings.text_encoder import build_text_encoder

@@ -79,7 +79,7 @@ def save_adapter_checkpoint(
     save_file(rows, stage / ROWS_FILE, metadata={"format": FORMAT})
     files = [ADAPTER_FILE, ROWS_FILE]
     if backbone.lora.train_base:
-        # Clones again, because tied embedding and head share storage.
+        # Clone every tensor: a tied embedding and head share storage, and safetensors rejects shared tensors.
         full = {key: value.detach().to("cpu").contiguous().clone() for key, value in model.state_dict().items()}
         save_file(full, stage / FULL_FILE, metadata={"format": FORMAT})
         files.append(FULL_FILE)
@@ -217,14 +217,16 @@ def backbone_identity(model: PeftModel, tokenizer: PreTrainedTokenizerBase, trai
 
 
 def _load_full_weights(path: Path, model: PeftModel) -> None:
-    """Load every weight of a train_base checkpoint; any missing or unexpected key is an error."""
+    """Load every weight of a train_base checkpoint, raising ValueError on a missing, unexpected or misshaped key."""
     tensors = load_file(path / FULL_FILE)
     _check_keys(path / FULL_FILE, tensors, model.state_dict())
     model.load_state_dict(tensors, strict=True)
 
 
 def _check_identity(path: Path, stored: dict[str, Any], current: dict[str, Any], compare_weights: bool = True) -> None:
-    keys = ("model_type", "hidden_size", "vocab_size", "fingerprint") if compare_weights else ("model_type", "hidden_size", "vocab_size")
+    keys = ["model_type", "hidden_size", "vocab_size"]
+    if compare_weights:
+        keys.append("fingerprint")
     for key in keys:
         if stored.get(key) != current[key]:
             raise ValueError(

@@ -20,7 +20,7 @@ class LoraSettings:
     dropout: float = 0.05  # dropout on the LoRA input during training, in [0, 1)
     target_modules: list[str] | None = None  # module names to adapt; None picks the default for the architecture
     train_eos_row: bool = True  # also train the EOS row of the embedding and head, so the model learns to stop after an ID
-    train_base: bool = False  # also train every base weight (full training); for scratch-llama, whose weights start random
+    train_base: bool = False  # also train every base weight (full training), as scratch-llama needs because its weights start random
 
     def __post_init__(self) -> None:
         if self.rank < 1:

@@ -74,8 +74,8 @@ def apply_lora(
     )
     peft_model = get_peft_model(model, config)
     if settings.train_base:
-        # A randomly initialised model learns nothing useful through low-rank updates alone, so every weight trains;
-        # the LoRA matrices stay in place, which keeps one code path for optimisation and checkpoints.
+        # A randomly initialised model learns little through low-rank updates alone, so every weight trains. The LoRA
+        # matrices stay in place, so optimisation and checkpoints keep one code path.
         for parameter in peft_model.parameters():
             parameter.requires_grad_(True)
 

@@ -19,9 +19,9 @@ class LLMConfig:
     gradient_clip: float = 1.0  # max gradient norm; 0 turns clipping off
     dynamic_steps: int = 100  # optimizer steps of stage 1 (LM and towers together); 0 skips stage 1
     static_steps: int = 300  # optimizer steps of stage 2 on frozen IDs
-    refresh_every: int = 100  # stage 1: every item text is re-encoded with the LM once per N steps
-    user_refresh_every: int | None = 400  # stage 1: the same for user texts (longer, more numerous); None = refresh_every
-    refresh_mode: str = "rolling"  # "rolling": a 1/N slice every step; "full": every text at once every N steps
+    refresh_every: int = 100  # stage 1: every item text is re-embedded with the LM once per N steps, then item IDs follow
+    user_refresh_every: int | None = 400  # stage 1: the same for user texts, which are longer and more numerous; None = refresh_every
+    refresh_mode: str = "rolling"  # "rolling" re-embeds a 1/N slice every step, "full" every text at once every N steps
     tower_weight: float = 1.0  # stage 1: weight of the towers' own losses
     tower_batch_size: int = 256  # stage 1: entities per tower loss
     align_weight: float = 0.1  # stage 1: weight of the ID-text alignment loss (InfoNCE + MSE)
@@ -42,15 +42,14 @@ class LLMConfig:
             if getattr(self, key) < 0:
                 raise ValueError(f"llm.{key}={getattr(self, key)} must not be negative.")
         if self.user_refresh_every is not None and self.user_refresh_every <= 0:
-            raise ValueError(f"llm.user_refresh_every={self.user_refresh_every} must be positive or null (= llm.refresh_every).")
+            raise ValueError(f"llm.user_refresh_every={self.user_refresh_every} must be positive, or null to use llm.refresh_every.")
         if self.refresh_mode not in ("rolling", "full"):
-            raise ValueError(f"llm.refresh_mode={self.refresh_mode!r} is not one of 'rolling' or 'full'.")
+            raise ValueError(f"llm.refresh_mode={self.refresh_mode!r} is invalid; use 'rolling' or 'full'.")
         if self.static_steps < 1:
             raise ValueError(f"llm.static_steps={self.static_steps} must be at least 1: stage 2 trains on the frozen IDs that are evaluated.")
 
-
     def refresh_interval(self, side: str) -> int:
-        """Steps in which every text of ``side`` ("item" or "user") is re-encoded once."""
+        """Return the number of steps in which every text of ``side`` ("item" or "user") is re-embedded once."""
         if side == "user" and self.user_refresh_every is not None:
             return self.user_refresh_every
         return self.refresh_every

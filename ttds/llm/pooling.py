@@ -27,8 +27,9 @@ def encode_texts(
 ) -> Tensor:
     """Embed every text with ``pooled_embeddings`` in eval mode, longest texts first for tight padding: (N, D) on CPU.
 
-    Settings match the tokenize stage's ``semantic_encoder`` (max_length, add_special_tokens, right padding), so a
-    refreshed vector differs from the first one only through what the LM has learned since.
+    Stage 1 passes the tokenize stage's ``semantic_encoder`` max_length and add_special_tokens, and padding is on
+    the right as in that encoder. With ``semantic_encoder.kind=backbone`` a refreshed vector therefore differs from
+    the tokenize stage's vector only through what the LM has learned since.
     """
     was_training = model.training
     model.eval()
@@ -37,7 +38,10 @@ def encode_texts(
     for start in range(0, len(order), batch_size):
         chunk = order[start : start + batch_size]
         batch = tokenizer(
-            [texts[i] for i in chunk], padding=True, truncation=True, max_length=max_length,
+            [texts[i] for i in chunk],
+            padding=True,
+            truncation=True,
+            max_length=max_length,
             add_special_tokens=add_special_tokens,
             padding_side="right",  # positions start at 0 for every text, as in the tokenize stage's encoder
             return_tensors="pt",

@@ -92,8 +92,9 @@ def run(ctx: RunContext) -> dict:
     token_ids = add_id_tokens(model, tokenizer, tokens, seed=backbone_cfg.seed)
     model = apply_lora(model, tokenizer, backbone_cfg.lora, token_ids)
 
-    # Prompts render from the current ID strings, so stage 1 can move them in place. Texts keep the token budget
-    # they were embedded with, and at most half the sequence, so a text response and its prompt fit together.
+    # Prompts render from the current ID strings, so stage 1 can move them in place. Entity texts are clipped to
+    # the token budget they were embedded with (tokenizer.semantic_encoder.max_length) and to half of
+    # backbone.max_length, so that a text response fits in one sequence with its prompt.
     text_tokens = min(int(ctx.cfg.tokenizer.semantic_encoder.max_length), backbone_cfg.max_length // 2)
     titles = dataset.items.sort("item_idx")["title"].to_list()
     vocab = Vocabulary(
@@ -133,7 +134,15 @@ def run(ctx: RunContext) -> dict:
         ]
         text_cfg = ctx.cfg.tokenizer.semantic_encoder
         module = DynamicRecommenderModule(
-            model, tokenizer, llm_cfg, llm_cfg.dynamic_steps, sides, vocab, int(text_cfg.max_length), bool(text_cfg.add_special_tokens), int(ctx.cfg.seed)
+            model,
+            tokenizer,
+            llm_cfg,
+            llm_cfg.dynamic_steps,
+            sides,
+            vocab,
+            text_max_length=int(text_cfg.max_length),
+            add_special_tokens=bool(text_cfg.add_special_tokens),
+            seed=int(ctx.cfg.seed),
         )
         data = PromptDataModule(PromptDataset(records, vocab, seed=int(ctx.cfg.seed)), collator, llm_cfg.batch_size, int(ctx.cfg.seed), llm_cfg.num_workers)
         folder = out / "stage1"
@@ -144,7 +153,7 @@ def run(ctx: RunContext) -> dict:
         tables["item"] = module.table("item", max_suffix=suffix_tokens)
         if llm_cfg.user_ids:
             tables["user"] = module.table("user")
-        summary["stage1_refreshes"] = module.refreshes
+        summary["stage1_id_updates"] = dict(module.id_updates)
         summary["stage1_reembedded_texts"] = dict(module.reembedded)
 
     for side in SIDES:

@@ -89,8 +89,8 @@ def semantic_encoder_config(values: dict, ctx: RunContext) -> TextEncoderConfig:
     if values.get("kind") == "backbone":
         backbone = ctx.cfg.backbone
         if backbone.kind == "embedded-minilm":
-            # The embedded LM is the MiniLM checkpoint read left to right (is_decoder=True), as stage 1 re-embeds
-            # texts; the bidirectional sentence encoder gives other vectors (cosine about 0.85 to these).
+            # The embedded LM is the MiniLM checkpoint read left to right (is_decoder=True), and stage 1 re-embeds
+            # texts that way. The bidirectional sentence encoder gives other vectors (cosine about 0.85 on movie texts).
             values.update(kind="causal_lm", model_path=str(bundled_minilm_path()))
         elif backbone.kind == "local-hf":
             values.update(kind="causal_lm", model_path=backbone.path)

@@ -102,7 +102,7 @@ class SemanticIdTable:
 
         self._init_state(codes, suffix, keys_array, codebook_size, prefix, max_suffix if max_suffix is not None else n_suffix, max_suffix)
         report = self.collision_report()
-        log.debug(  # stage 1 rebuilds tables every step; stages report collisions in their summaries
+        log.debug(  # stage 1 rebuilds the tables at every ID update, and the stages report collisions in their summaries
             "built ID table: %d entities, %d levels of %d codes, collision rate %.4f before suffix, %.4f after",
             len(self),
             self.levels,
