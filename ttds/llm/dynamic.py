@@ -140,13 +140,16 @@ class DynamicRecommenderModule(RecommenderModule):
         Without user IDs the module has only the item side.
         """
         for name in names if names is not None else list(self.sides):
-            ids = render_ids(self.table(name), self.sides[name].n_suffix_tokens)
+            table = self.table(name)
+            ids = render_ids(table, self.sides[name].n_suffix_tokens)
             current = self.vocab.item_ids if name == "item" else self.vocab.user_ids
             moved = sum(old != new for old, new in zip(current, ids, strict=True))
             current[:] = ids
             if self._trainer is not None and self.trainer.training:
-                # How many IDs this update moved: large values late in stage 1 mean the index has not settled.
+                # Large values late in stage 1 mean the index has not settled. A rising collision rate means the
+                # towers map more entities onto the same codes (Scientific users: 42% after tokenize, 60% after stage 1).
                 self.log(f"train/{name}_ids_moved", float(moved), batch_size=1)
+                self.log(f"train/{name}_collision_rate", table.collision_report()["collision_rate_before_suffix"], batch_size=1)
 
     def reembed(self, name: str, index: np.ndarray | None = None) -> None:
         """Re-embed the texts of side ``name`` at rows ``index`` (all rows when None) with the current LM."""
