@@ -71,10 +71,35 @@ def test_serve_writes_ranked_recommendations(tiny_run, tmp_path):
     assert recs["item_id"].null_count() == 0
 
 
+def test_serve_excludes_every_seen_item(tiny_run, tmp_path):
+    """exclude_history drops every item of the user, also those older than the prompt's max_history items."""
+    from pathlib import Path
+
+    from ttds.data.config import dataset_config_from_dict
+    from ttds.data.pipeline import load_processed
+
+    run_dir, env, _ = tiny_run
+    output = tmp_path / "recs.parquet"
+    _run(["serve.py", f"run_dir={run_dir}", "users=all", "top_k=5", "beam_width=10", f"output={output}", "exclude_history=true"], env)
+    cfg = json.loads((run_dir / "llm" / "config.json").read_text())
+    dataset = load_processed(dataset_config_from_dict(cfg["dataset"]), Path(cfg["paths"]["cache_dir"]) / "processed")
+    seen = (
+        dataset.events.join(dataset.users.select("user_idx", "user_id"), on="user_idx")
+        .join(dataset.items.select("item_idx", "item_id"), on="item_idx")
+        .select("user_id", "item_id")
+        .unique()
+    )
+    recs = pl.read_parquet(output)
+
+    assert dataset.events.group_by("user_idx").len()["len"].max() > cfg["dataset"]["preprocess"]["max_history"]
+    assert recs.height > 0  # users who saw most of the 99 items can get fewer than 5, never a seen one
+    assert recs.join(seen, on=["user_id", "item_id"]).height == 0
+
+
 def test_serve_flags_unknown_users_as_cold_start(tiny_run, tmp_path):
     run_dir, env, _ = tiny_run
     users = tmp_path / "users.txt"
-    users.write_text("user_id\nnobody-123\n")
+    users.write_text("\ufeffuser_id\nnobody-123\n", encoding="utf-8")  # with the byte-order mark spreadsheets write
     output = tmp_path / "recs.jsonl"
     _run(["serve.py", f"run_dir={run_dir}", f"users={users}", "top_k=3", "beam_width=10", f"output={output}", "unknown_users=popular"], env)
 

@@ -54,17 +54,24 @@ class Recommender:
         return [tidy_prompt(task.render((u, tuple(h), 0), self.vocab, self.template)[0]) for u, h in zip(users, histories, strict=True)]
 
     @torch.no_grad()
-    def recommend(self, users: Sequence[int], histories: Sequence[Sequence[int]]) -> BeamResult:
-        """Top-K items for each (user, history) pair; histories hold item indices, oldest first."""
+    def recommend(self, users: Sequence[int], histories: Sequence[Sequence[int]], seen: Sequence[Sequence[int]] | None = None) -> BeamResult:
+        """Rank the top-K items for each (user, history) pair; histories hold item indices, oldest first.
+
+        With ``exclude_history`` the items of ``seen`` are removed (default: the histories). Prompts show only the
+        last ``max_history`` items, so pass every item of the user as ``seen`` to exclude older ones too.
+        """
         batch = self.collator(self.prompts(users, histories))
         exclude = None
         if self.decoding.exclude_history:
-            exclude = history_exclusion_mask(histories, self.trie.n_items, self.device)
+            exclude = history_exclusion_mask(seen if seen is not None else histories, self.trie.n_items, self.device)
         return search_with_config(
             self.model, batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device), self.trie, self.decoding, exclude
         )
 
-    def batches(self, users: Sequence[int], histories: Sequence[Sequence[int]]) -> Iterator[tuple[range, BeamResult]]:
+    def batches(
+        self, users: Sequence[int], histories: Sequence[Sequence[int]], seen: Sequence[Sequence[int]] | None = None
+    ) -> Iterator[tuple[range, BeamResult]]:
         for start in range(0, len(users), self.batch_size):
             span = range(start, min(start + self.batch_size, len(users)))
-            yield span, self.recommend([users[i] for i in span], [histories[i] for i in span])
+            batch_seen = [seen[i] for i in span] if seen is not None else None
+            yield span, self.recommend([users[i] for i in span], [histories[i] for i in span], batch_seen)

@@ -89,7 +89,8 @@ def read_user_ids(spec: str) -> list[str] | None:
     path = Path(spec)
     if not path.is_file():
         raise FileNotFoundError(f"users={spec}: file not found; pass users=all or a file with one user_id per line.")
-    lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    # utf-8-sig drops the byte-order mark that spreadsheet programs write, which would otherwise join the first id.
+    lines = [line.strip() for line in path.read_text(encoding="utf-8-sig").splitlines()]
     ids = [line for line in lines if line]
     if ids and ids[0] == "user_id":
         ids = ids[1:]
@@ -99,12 +100,16 @@ def read_user_ids(spec: str) -> list[str] | None:
 
 
 def user_histories(dataset: ProcessedDataset, max_history: int) -> pl.DataFrame:
-    """Collect each known user's last ``max_history`` items over all events, oldest first: user_idx, user_id, history."""
+    """Collect each known user's items over all events, oldest first: user_idx, user_id, history, seen.
+
+    ``history`` keeps the last ``max_history`` items (what the prompt shows), ``seen`` every item the user has, which
+    is what ``exclude_history`` removes from the recommendations.
+    """
     return (
         dataset.events.lazy()
         .sort("user_idx", "position")
         .group_by("user_idx", maintain_order=True)
-        .agg(pl.col("item_idx").tail(max_history).alias("history"))
+        .agg(pl.col("item_idx").tail(max_history).alias("history"), pl.col("item_idx").unique().alias("seen"))
         .join(dataset.users.lazy().select("user_idx", "user_id"), on="user_idx")
         .collect()
     )
@@ -125,9 +130,14 @@ def serve(cfg: DictConfig) -> Path:
     """Write top-K recommendations for the requested users of a trained run; returns the output path."""
     if cfg.unknown_users not in UNKNOWN_USER_POLICIES:
         raise ValueError(f"unknown_users={cfg.unknown_users!r} is not one of {UNKNOWN_USER_POLICIES}.")
+    if OmegaConf.is_missing(cfg, "run_dir"):
+        raise ValueError("run_dir is missing; pass run_dir=<the run directory of a finished `python train.py` run>.")
     run_dir = Path(cfg.run_dir)
     if not run_dir.is_dir():
         raise FileNotFoundError(f"run_dir={run_dir} does not exist; pass the run directory that `python train.py` logged.")
+    for key in ("top_k", "chunk_size", "batch_size"):
+        if int(cfg[key]) < 1:
+            raise ValueError(f"{key}={cfg[key]} must be a positive integer.")
     if cfg.beam_width < cfg.top_k:
         raise ValueError(f"beam_width={cfg.beam_width} is below top_k={cfg.top_k}; set beam_width>={cfg.top_k}.")
     config_path = run_dir / "llm" / "config.json"
@@ -172,7 +182,7 @@ def serve(cfg: DictConfig) -> Path:
             if rows:
                 part = histories[rows]
                 user_idx = part["user_idx"].to_list()
-                for span, result in recommender.batches(user_idx, part["history"].to_list()):
+                for span, result in recommender.batches(user_idx, part["history"].to_list(), part["seen"].to_list()):
                     recs = recommendations_frame(result, dataset.items, [user_idx[i] for i in span])
                     frames.append(recs.join(dataset.users.select("user_idx", "user_id"), on="user_idx").with_columns(pl.lit(False).alias("cold_start")))
             cold = [user for user in chunk if user not in known]

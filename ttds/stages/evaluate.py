@@ -20,6 +20,8 @@ from ttds.tasks.base import Vocabulary, load_templates
 
 log = logging.getLogger(__name__)
 
+FULL_HISTORY = 1 << 30  # a max_history that keeps every event
+
 
 def build_recommender(ctx: RunContext, trained: dict) -> Recommender:
     """Build a Recommender from the run's frozen model and tables with the eval config's decoding settings."""
@@ -52,21 +54,27 @@ def build_recommender(ctx: RunContext, trained: dict) -> Recommender:
 
 def evaluate_split(recommender: Recommender, dataset, split: str, max_history: int, max_users: int | None) -> tuple[dict, pl.DataFrame]:
     examples = evaluation_examples(dataset, split, max_history)
+    # With exclude_history: every item before the target, not only the last max_history that the prompt shows.
+    # Both frames come from the same query, so their rows are in the same order.
+    full = evaluation_examples(dataset, split, FULL_HISTORY) if recommender.decoding.exclude_history else None
     if max_users is not None:
         examples = examples.head(max_users)
+        full = full.head(max_users) if full is not None else None
     distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
     if distributed:
         # Each process ranks its own contiguous shard; the sums are added up below, so no user counts twice.
         shard = shard_range(examples.height, torch.distributed.get_world_size(), torch.distributed.get_rank())
         examples = examples.slice(shard.start, len(shard))
+        full = full.slice(shard.start, len(shard)) if full is not None else None
     users = examples["user_idx"].to_list()
     histories = examples["history"].to_list()
+    seen = full["history"].to_list() if full is not None else None
     targets = torch.tensor(examples["target"].to_list(), dtype=torch.long)
 
     metrics = RankingMetrics(dataset.n_items, cutoffs=recommender.decoding.top_k)
     frames = []
     progress = tqdm(total=len(users), desc=f"evaluate {split}", unit="user", mininterval=5)
-    for span, result in recommender.batches(users, histories):
+    for span, result in recommender.batches(users, histories, seen):
         batch_targets = targets[span.start : span.stop]
         ranks = metrics.update(result.items.cpu(), batch_targets)
         frames.append(user_results_frame(users[span.start : span.stop], batch_targets, ranks, recommender.decoding.top_k))
