@@ -22,6 +22,7 @@ import logging
 import os
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -66,6 +67,17 @@ class BackboneRun:
     padded_per_example: list[float] = field(default_factory=list)  # batch width T, one per timed batch
 
 
+def add_output_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add --config (where the run's config is) and --output (a JSON copy of the results)."""
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="the run's config (JSON or YAML). Default: looked up in and for the run directory",
+    )
+    parser.add_argument("--output", type=Path, default=None, help="also write the results to this JSON file")
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run-dir", type=Path, required=True, help="run directory whose tokenize stage has finished")
@@ -84,13 +96,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--round-steps", type=int, default=5, help="consecutive timed steps of one backbone before the next takes its turn"
     )
-    parser.add_argument(
-        "--config",
-        type=Path,
-        default=None,
-        help="the run's config (JSON or YAML). Default: looked up in and for the run directory",
-    )
-    parser.add_argument("--output", type=Path, default=None, help="also write the results to this JSON file")
+    add_output_arguments(parser)
     args = parser.parse_args(argv)
 
     for name in ("steps", "batch_size", "threads", "round_steps"):
@@ -288,21 +294,33 @@ def round_schedule(steps: int, round_steps: int) -> list[range]:
     return [range(start, min(start + round_steps, steps)) for start in range(0, steps, round_steps)]
 
 
-def measure(
-    runs: list[BackboneRun], batches: list[list[tuple[str, str]]], warmup: int, round_steps: int, gradient_clip: float
-) -> None:
-    """Warm every backbone up on batches 0..warmup-1, then time the remaining batches in alternating rounds."""
+def measure_in_rounds(runs: list, batches: list, warmup: int, round_steps: int, step: Callable, label: Callable) -> None:
+    """Warm every run up on batches 0..warmup-1, then time the remaining batches in alternating rounds.
+
+    ``step(run, batch, timed)`` trains one step of a run, and ``label(run)`` names the run in the log.
+    """
     for run in runs:
-        for pairs in batches[:warmup]:
-            train_step(run, pairs, gradient_clip, timed=False)
-        log.info("%s: %d warm-up steps done", run.kind, warmup)
+        for batch in batches[:warmup]:
+            step(run, batch, False)
+        log.info("%s: %d warm-up steps done", label(run), warmup)
 
     rounds = round_schedule(len(batches) - warmup, round_steps)
     for number, steps in enumerate(rounds):
         for run in runs:
-            for step in steps:
-                train_step(run, batches[warmup + step], gradient_clip, timed=True)
+            for index in steps:
+                step(run, batches[warmup + index], True)
         log.info("round %d of %d done", number + 1, len(rounds))
+
+
+def measure(
+    runs: list[BackboneRun], batches: list[list[tuple[str, str]]], warmup: int, round_steps: int, gradient_clip: float
+) -> None:
+    """Warm every backbone up, then time the remaining batches in alternating rounds."""
+
+    def step(run: BackboneRun, pairs: list[tuple[str, str]], timed: bool) -> None:
+        train_step(run, pairs, gradient_clip, timed=timed)
+
+    measure_in_rounds(runs, batches, warmup, round_steps, step, lambda run: run.kind)
 
 
 # Report.
@@ -345,15 +363,21 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> dict:
-    args = parse_args(argv)
+def start(args: argparse.Namespace) -> tuple[Path, Path]:
+    """Set up logging and torch threads, then return the run directory and the path of its config."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(args.threads)
     run_dir = args.run_dir.resolve()
-
-    # The run's config, data and prompts. The backbone settings come from conf/backbone, not from the run.
     config_path = find_run_config(run_dir, args.config)
     log.info("run config: %s", config_path)
+    return run_dir, config_path
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    run_dir, config_path = start(args)
+
+    # The run's config, data and prompts. The backbone settings come from conf/backbone, not from the run.
     cfg = load_run_config(config_path, run_dir)
     llm_cfg = llm_config_from_dict(OmegaConf.to_container(cfg.llm, resolve=True))
     dataset, tok = load_inputs(cfg, run_dir)
@@ -389,9 +413,14 @@ def main(argv: list[str] | None = None) -> dict:
     print(
         f"1-minute load average: {load_before:.2f} before, {load_after:.2f} after the timed steps, {args.threads} torch thread(s)"
     )
-    if args.output is not None:
-        write_json_atomic(args.output, result)
-        log.info("results written to %s", args.output)
+    return save_result(result, args.output)
+
+
+def save_result(result: dict, output: Path | None) -> dict:
+    """Write ``result`` as JSON to ``output`` atomically when a path is given, and return it."""
+    if output is not None:
+        write_json_atomic(output, result)
+        log.info("results written to %s", output)
     return result
 
 

@@ -39,13 +39,15 @@ import torch
 from omegaconf import OmegaConf
 
 from benchmarks.backbone_throughput import (
+    add_output_arguments,
     batch_indices,
     build_task_records,
     build_vocabulary,
-    find_run_config,
     load_inputs,
     load_run_config,
-    round_schedule,
+    measure_in_rounds,
+    save_result,
+    start,
     synchronize,
 )
 from ttds.backbone.collate import PromptCollator
@@ -57,7 +59,6 @@ from ttds.llm.config import LLMConfig, llm_config_from_dict
 from ttds.llm.dynamic import DynamicRecommenderModule, EntitySide
 from ttds.llm.recommender import RecommenderModule
 from ttds.llm.texts import clip_texts
-from ttds.stages.context import write_json_atomic
 from ttds.stages.llm import id_token_list
 from ttds.tasks.base import Vocabulary
 from ttds.tasks.registry import PromptDataset
@@ -130,13 +131,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--round-steps", type=int, default=5, help="consecutive timed steps of one stage before the other takes its turn"
     )
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (torch.set_num_threads)")
-    parser.add_argument(
-        "--config",
-        type=Path,
-        default=None,
-        help="the run's config (JSON or YAML). Default: looked up in and for the run directory",
-    )
-    parser.add_argument("--output", type=Path, default=None, help="also write the results to this JSON file")
+    add_output_arguments(parser)
     parser.add_argument(
         "overrides", nargs="*", metavar="llm.KEY=VALUE", help="override an llm setting of the run, e.g. llm.refresh_every=30"
     )
@@ -285,18 +280,12 @@ def train_step(run: StageRun, indices: list[int], gradient_clip: float, timed: b
 
 
 def measure(runs: list[StageRun], batches: list[list[int]], warmup: int, round_steps: int, gradient_clip: float) -> None:
-    """Warm every stage up on batches 0..warmup-1, then time the remaining batches in alternating rounds."""
-    for run in runs:
-        for indices in batches[:warmup]:
-            train_step(run, indices, gradient_clip, timed=False)
-        log.info("%s: %d warm-up steps done", run.name, warmup)
+    """Warm every stage up, then time the remaining batches in alternating rounds."""
 
-    rounds = round_schedule(len(batches) - warmup, round_steps)
-    for number, steps in enumerate(rounds):
-        for run in runs:
-            for step in steps:
-                train_step(run, batches[warmup + step], gradient_clip, timed=True)
-        log.info("round %d of %d done", number + 1, len(rounds))
+    def step(run: StageRun, indices: list[int], timed: bool) -> None:
+        train_step(run, indices, gradient_clip, timed=timed)
+
+    measure_in_rounds(runs, batches, warmup, round_steps, step, lambda run: run.name)
 
 
 # Report.
@@ -391,13 +380,9 @@ def format_summary(result: dict) -> str:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    torch.set_num_threads(args.threads)
-    run_dir = args.run_dir.resolve()
+    run_dir, config_path = start(args)
 
     # The run's config with the overrides, its data and the settings the llm stage derives from them.
-    config_path = find_run_config(run_dir, args.config)
-    log.info("run config: %s", config_path)
     cfg = apply_overrides(load_run_config(config_path, run_dir), args.overrides)
     llm_cfg = llm_config_from_dict(OmegaConf.to_container(cfg.llm, resolve=True))
     backbone_cfg = backbone_config_from_dict(OmegaConf.to_container(cfg.backbone, resolve=True))
@@ -465,10 +450,7 @@ def main(argv: list[str] | None = None) -> dict:
     }
     print(format_table(rows))
     print(format_summary(result))
-    if args.output is not None:
-        write_json_atomic(args.output, result)
-        log.info("results written to %s", args.output)
-    return result
+    return save_result(result, args.output)
 
 
 if __name__ == "__main__":
