@@ -154,8 +154,6 @@ def serve(cfg: DictConfig) -> Path:
     dataset = load_processed(dataset_cfg, ctx.cache_dir / "processed")
     check_run_dataset(ctx, dataset.fingerprint)
     ctx.artefacts["dataset"] = dataset
-    recommender = build_recommender(ctx, load_trained(ctx))
-
     histories = user_histories(dataset, int(train_cfg.dataset.preprocess.max_history))
     known = dict(zip(histories["user_id"].to_list(), range(histories.height), strict=True))
     requested = read_user_ids(cfg.users)
@@ -172,6 +170,9 @@ def serve(cfg: DictConfig) -> Path:
             "remove them or pass unknown_users=popular to give them the most popular items (flagged cold_start)."
         )
     popular = popular_items(dataset, int(cfg.top_k))
+
+    # The model loads only after the requested users passed their checks, so a bad users file fails in seconds.
+    recommender = build_recommender(ctx, load_trained(ctx))
 
     writer = ChunkWriter(Path(cfg.output))
     progress = tqdm(total=len(requested), desc="recommend", unit="user", mininterval=5)
