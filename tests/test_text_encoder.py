@@ -200,3 +200,12 @@ def test_config_rejects_causal_lm_without_path():
         TextEncoderConfig(kind="causal_lm")
     with pytest.raises(ValueError, match="text_encoder.kind='bert' is unknown"):
         TextEncoderConfig(kind="bert")
+
+
+def test_causal_minilm_cache_key_is_stable_across_loads():
+    """The MiniLM folder has no LM-head weights, which load at random; the cache key must not depend on them."""
+    first = CausalLMEncoder.from_pretrained(bundled_minilm_path(), max_length=16, device="cpu")
+    second = CausalLMEncoder.from_pretrained(bundled_minilm_path(), max_length=16, device="cpu")
+
+    assert not torch.equal(first.model.cls.predictions.transform.dense.weight, second.model.cls.predictions.transform.dense.weight)
+    assert first.fingerprint() == second.fingerprint()

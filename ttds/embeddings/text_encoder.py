@@ -24,6 +24,7 @@ from typing import Any, Protocol
 import torch
 import torch.nn.functional as F
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import logging as hf_logging
 
 from ttds.embeddings.cache import sha256_json, sha256_tensors
 
@@ -113,6 +114,10 @@ class PooledTextEncoder:
         pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.pad_id = int(pad_id) if pad_id is not None else 0
 
+    def encoding_module(self) -> torch.nn.Module:
+        """Return the module whose weights determine the vectors; the cache key hashes its weights."""
+        return self.model
+
     def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Last hidden state (B, T, H) of the model for one padded batch."""
         return self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
@@ -192,7 +197,7 @@ class PooledTextEncoder:
             "kind": self.kind,
             "model": str(getattr(config, "name_or_path", "") or type(self.model).__name__),
             "config_sha256": sha256_json(config.to_dict()) if config is not None else "",
-            "weights_sha256": sha256_tensors(self.model.state_dict().items()),
+            "weights_sha256": sha256_tensors(self.encoding_module().state_dict().items()),
             "tokenizer_sha256": sha256_json(tokenizer_state),
             "pooling": "mean",
             "normalize": self.normalize,
@@ -267,8 +272,22 @@ class CausalLMEncoder(PooledTextEncoder):
             # Encoder checkpoints such as BERT read bidirectionally unless is_decoder turns on the causal mask.
             log.info("%s: setting is_decoder=True so the model reads left to right", path)
             config.is_decoder = True
-        model = AutoModelForCausalLM.from_pretrained(path, config=config, local_files_only=True, dtype=dtype)
+        # The encoder reads hidden states only, so head weights missing from the checkpoint (BERT-style folders) do
+        # not matter; transformers would print them as a warning table, so they are logged in one line instead.
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()
+        try:
+            model, info = AutoModelForCausalLM.from_pretrained(path, config=config, local_files_only=True, dtype=dtype, output_loading_info=True)
+        finally:
+            hf_logging.set_verbosity(verbosity)
+        if info["missing_keys"]:
+            log.info("%s: %d head weights not in the checkpoint, unused for text vectors", path, len(info["missing_keys"]))
         return cls(model, tokenizer, max_length, batch_size, device or default_device(), add_special_tokens)
+
+    def encoding_module(self) -> torch.nn.Module:
+        # Without the head: a head missing from the checkpoint is initialised at random in every process, and hashing
+        # it would give every process another cache key.
+        return self.model.base_model
 
     def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         backbone = self.model.base_model  # the model itself when it has no head
