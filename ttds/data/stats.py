@@ -145,6 +145,6 @@ def write_json_atomic(path: Path, payload: Any) -> None:
 
 
 def save_stats(stats: dict[str, Any], path: Path) -> None:
-    """Log the report and save it as JSON at ``path`` (atomically)."""
-    log.info("statistics of %s:\n%s", stats["name"], format_stats(stats))
+    """Save the report as JSON at ``path`` (atomically); the data stage logs it, so it is not logged here too."""
     write_json_atomic(path, stats)
+    log.info("saved statistics of %s to %s", stats["name"], path)
