@@ -4,7 +4,8 @@ Run: python -m benchmarks.backbone_throughput --run-dir DIR [--backbones embedde
      [--local-hf PATH] [--steps 20] [--warmup 3] [--batch-size 16] [--threads 1] [--round-steps 5] [--output PATH]
 
 DIR is a run directory whose tokenize stage has finished (e.g. made by `python train.py experiment=tiny`). Its dataset,
-ID tables and texts are rendered into (prompt, response) pairs once, as the llm stage renders them but without clipping long texts (MovieTweetings texts fit; see ttds/llm/texts.py). Each
+ID tables and texts are rendered into (prompt, response) pairs once, as the llm stage renders them. Long texts are not
+clipped as ttds/llm/texts.py clips them, which matters only for datasets with long texts (MovieTweetings texts fit). Each
 backbone is built from its shipped conf/backbone/*.yaml with the run's ID tokens and LoRA, and trained with AdamW over
 its trainable weights. Batch k contains the same example indices for every backbone. Each backbone's tokenizer collates
 them separately, outside the timed region.

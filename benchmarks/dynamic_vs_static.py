@@ -13,7 +13,7 @@ in use, and stage 2 is a RecommenderModule. Each trains its own copy of the run'
 initialisation) with its own AdamW and learning-rate schedule. Dynamic step k re-embeds what llm.refresh_mode schedules
 for step k, recomputes the IDs of the sides it touched, then runs one forward (LM, tower and alignment losses),
 backward, gradient clip and optimizer step. A static step is the forward (LM loss only), backward, clip and optimizer
-step. Batch k holds the same example indices in both stages. Each stage renders them with its own vocabulary, because
+step. Batch k contains the same example indices in both stages. Each stage renders them with its own vocabulary, because
 the ID strings move in stage 1 only. Rendering and collation happen outside the timed region, as they run in the
 DataLoader during training.
 

@@ -23,7 +23,8 @@ from ttds.backbone import (
     load_backbone,
     save_adapter_checkpoint,
 )
-from ttds.backbone.checkpoint import ADAPTER_FILE, FULL_FILE, META_FILE, ROWS_FILE, _file_sha256
+from ttds.backbone.checkpoint import ADAPTER_FILE, FULL_FILE, META_FILE, ROWS_FILE
+from ttds.embeddings.cache import file_sha256
 
 SIX_TOKENS = ["<a_3>", "<a_12>", "<b_1>", "<b_4>", "<c_7>", "<ua_3>"]
 TABLE_HASH = "table-0123abcd"
@@ -88,7 +89,7 @@ def _rewrite_adapter(folder: Path, tensors: dict[str, torch.Tensor]) -> None:
     """Replace the adapter file and update its checksum, so only the key check can catch the change."""
     save_file(tensors, folder / ADAPTER_FILE)
     meta = json.loads((folder / META_FILE).read_text())
-    meta["sha256"][ADAPTER_FILE] = _file_sha256(folder / ADAPTER_FILE)
+    meta["sha256"][ADAPTER_FILE] = file_sha256(folder / ADAPTER_FILE)
     (folder / META_FILE).write_text(json.dumps(meta))
 
 

@@ -137,7 +137,7 @@ def serve(cfg: DictConfig) -> Path:
         raise FileNotFoundError(f"run_dir={run_dir} does not exist; pass the run directory that `python train.py` logged.")
     for key in ("top_k", "chunk_size", "batch_size"):
         if int(cfg[key]) < 1:
-            raise ValueError(f"{key}={cfg[key]} must be a positive integer.")
+            raise ValueError(f"{key}={cfg[key]} is invalid; pass a positive integer, e.g. {key}=10.")
     if cfg.beam_width < cfg.top_k:
         raise ValueError(f"beam_width={cfg.beam_width} is below top_k={cfg.top_k}; set beam_width>={cfg.top_k}.")
     config_path = run_dir / "llm" / "config.json"

@@ -29,6 +29,7 @@ from ttds.backbone.config import BackboneConfig, backbone_config_from_dict
 from ttds.backbone.lm import load_backbone
 from ttds.backbone.lora import apply_lora, trainable_row_ids
 from ttds.backbone.tokens import add_id_tokens
+from ttds.embeddings.cache import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +94,7 @@ def save_adapter_checkpoint(
         "backbone": backbone.to_dict(),
         "trainable_row_ids": row_ids,
         "identity": backbone_identity(model, tokenizer, row_ids),
-        "sha256": {name: _file_sha256(stage / name) for name in files},
+        "sha256": {name: file_sha256(stage / name) for name in files},
     }
     (stage / META_FILE).write_text(json.dumps(meta, indent=2, sort_keys=True))
 
@@ -123,7 +124,7 @@ def load_adapter_checkpoint(
             f"{expected_table_hash}; load the ID table this checkpoint was trained with, or train a new adapter on the current table."
         )
     for name, digest in meta["sha256"].items():
-        if _file_sha256(path / name) != digest:
+        if file_sha256(path / name) != digest:
             raise ValueError(
                 f"{path / name} does not match the checksum in {META_FILE}; the checkpoint is corrupt or was edited. Save it again."
             )
@@ -259,14 +260,6 @@ def _input_rows(model: PeftModel, ids: list[int]) -> torch.Tensor:
     device = next(model.parameters()).device
     with torch.no_grad():
         return model.get_input_embeddings()(torch.tensor(ids, device=device)).detach()
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _replace_folder(stage: Path, target: Path) -> None:

@@ -68,7 +68,8 @@ def _write_atomic(path: Path, write: Any) -> None:
         raise
 
 
-def _file_sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """Return the sha256 hex digest of a file's bytes, read in 1 MiB blocks."""
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
@@ -99,7 +100,7 @@ class TensorCache:
             return None
 
         # A corruption that keeps the file readable (same size, changed bytes) shows only in the hash.
-        if not isinstance(meta, dict) or meta.get("file_sha256") != _file_sha256(tensor_path):
+        if not isinstance(meta, dict) or meta.get("file_sha256") != file_sha256(tensor_path):
             warnings.warn(f"embedding cache entry {tensor_path} does not match the sha256 in its sidecar; recomputing it.", stacklevel=2)
             return None
 
@@ -123,7 +124,7 @@ class TensorCache:
         }
 
         _write_atomic(tensor_path, lambda temp: save_file(cpu_tensors, temp))
-        sidecar["file_sha256"] = _file_sha256(tensor_path)
+        sidecar["file_sha256"] = file_sha256(tensor_path)
         text = json.dumps(sidecar, indent=2, sort_keys=True, default=str)
         _write_atomic(sidecar_path, lambda temp: Path(temp).write_text(text, encoding="utf-8"))
         log.info("embedding cache stored %s", tensor_path)

@@ -272,8 +272,8 @@ class CausalLMEncoder(PooledTextEncoder):
             # Encoder checkpoints such as BERT read bidirectionally unless is_decoder turns on the causal mask.
             log.info("%s: setting is_decoder=True so the model reads left to right", path)
             config.is_decoder = True
-        # The encoder reads hidden states only, so head weights missing from the checkpoint (BERT-style folders) do
-        # not matter; transformers would print them as a warning table, so they are logged in one line instead.
+        # The encoder reads hidden states only, so head weights missing from a BERT-style checkpoint do not matter.
+        # transformers would print them as a warning table, so one log line replaces it.
         verbosity = hf_logging.get_verbosity()
         hf_logging.set_verbosity_error()
         try:

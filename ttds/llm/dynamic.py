@@ -63,7 +63,8 @@ def rolling_slice(n: int, interval: int, step: int) -> np.ndarray:
     """Return the positions, in a fixed permutation of ``n`` entities, that ``step`` re-embeds in rolling mode.
 
     Steps ``k * interval`` to ``(k + 1) * interval - 1`` cover every position exactly once, in slices whose sizes
-    differ by at most one. The slice depends only on the step, so a resumed run continues the schedule where it stopped.
+    differ by at most one (tests/test_dynamic_refresh.py checks both). The slice depends only on the step, so a
+    resumed run continues the schedule where it stopped.
     """
     start, stop = n * step // interval, n * (step + 1) // interval
     return np.arange(start, stop) % n
