@@ -41,6 +41,7 @@ from ttds.data.config import dataset_config_from_dict
 from ttds.data.pipeline import load_processed
 from ttds.llm.config import LLMConfig, llm_config_from_dict
 from ttds.llm.dynamic import render_ids
+from ttds.llm.recommender import clip_each_group
 from ttds.paths import CONF_DIR, REPO_ROOT, register_resolvers
 from ttds.stages.context import RunContext, write_json_atomic
 from ttds.stages.data import check_run_dataset
@@ -188,7 +189,8 @@ def build_task_records(cfg: Any, dataset, llm_cfg: LLMConfig) -> TaskRecords:
     if not llm_cfg.user_ids:
         tasks_cfg = without_user_id_tasks(tasks_cfg)
     templates = load_templates(tasks_cfg.templates)
-    return TaskRecords(TaskData(dataset, int(cfg.dataset.preprocess.max_history), tasks_cfg.neighbours), tasks_cfg, templates)
+    task_data = TaskData(dataset, int(cfg.dataset.preprocess.max_history), tasks_cfg.neighbours)
+    return TaskRecords(task_data, tasks_cfg, templates, history_labels=llm_cfg.history_labels)
 
 
 def build_prompts(cfg: Any, dataset, tok: TokenizeOutputs, llm_cfg: LLMConfig, suffix_tokens: int) -> PromptDataset:
@@ -234,8 +236,11 @@ def backbone_settings(kind: str, shipped: dict[str, dict], local_hf: Path | None
     return values
 
 
-def build_backbone(kind: str, settings: dict, tokens: list[str], llm_cfg: LLMConfig, seed: int) -> BackboneRun:
-    """Build the model with the run's ID tokens and LoRA, as the llm stage does, and its AdamW optimizer."""
+def build_backbone(kind: str, settings: dict, tokens: list[str], llm_cfg: LLMConfig, seed: int, item_tokens: list[str] | None = None) -> BackboneRun:
+    """Build the model with the run's ID tokens and LoRA, as the llm stage does, and its AdamW optimizer.
+
+    ``item_tokens`` (default: every token) are the item-ID tokens that history prompts label (llm.history_labels).
+    """
     backbone_cfg = backbone_config_from_dict({**settings, "kind": kind})
     torch.manual_seed(seed)  # LoRA initialisation draws from the global generator
     model, tokenizer = load_backbone(backbone_cfg)
@@ -248,7 +253,7 @@ def build_backbone(kind: str, settings: dict, tokens: list[str], llm_cfg: LLMCon
     return BackboneRun(
         kind=kind,
         model=model,
-        collator=PromptCollator(tokenizer, backbone_cfg.max_length),
+        collator=PromptCollator(tokenizer, backbone_cfg.max_length, tokenizer.convert_tokens_to_ids(item_tokens or tokens)),
         optimizer=optimizer,
         params_total=sum(p.numel() for p in model.parameters()),
         params_trainable=sum(p.numel() for p in trainable),
@@ -277,7 +282,7 @@ def train_step(run: BackboneRun, pairs: list[tuple[str, str]], gradient_clip: fl
     loss = causal_lm_loss(run.model, batch)
     loss.backward()
     if gradient_clip > 0:
-        torch.nn.utils.clip_grad_norm_([p for group in run.optimizer.param_groups for p in group["params"]], gradient_clip)
+        clip_each_group(run.optimizer, gradient_clip)
     run.optimizer.step()
     synchronize(device)
     seconds = time.perf_counter() - start
@@ -389,7 +394,8 @@ def main(argv: list[str] | None = None) -> dict:
     shipped = shipped_backbone_configs()
     settings = {kind: backbone_settings(kind, shipped, args.local_hf) for kind in args.backbones}
 
-    runs = [build_backbone(kind, settings[kind], tokens, llm_cfg, int(cfg.seed)) for kind in args.backbones]
+    item_tokens = id_token_list(tok.tables, suffix_tokens, with_users=False)
+    runs = [build_backbone(kind, settings[kind], tokens, llm_cfg, int(cfg.seed), item_tokens) for kind in args.backbones]
     load_before = os.getloadavg()[0]
     measure(runs, batches, args.warmup, args.round_steps, llm_cfg.gradient_clip)
     load_after = os.getloadavg()[0]

@@ -57,7 +57,7 @@ from ttds.backbone.lora import apply_lora
 from ttds.backbone.tokens import add_id_tokens
 from ttds.llm.config import LLMConfig, llm_config_from_dict
 from ttds.llm.dynamic import DynamicRecommenderModule, EntitySide
-from ttds.llm.recommender import RecommenderModule
+from ttds.llm.recommender import RecommenderModule, clip_each_group
 from ttds.llm.texts import clip_texts
 from ttds.stages.llm import id_token_list
 from ttds.tasks.base import Vocabulary
@@ -261,7 +261,7 @@ def train_step(run: StageRun, indices: list[int], gradient_clip: float, timed: b
     loss = module.training_step(batch, module.step_count)
     loss.backward()
     if gradient_clip > 0:
-        torch.nn.utils.clip_grad_norm_([p for group in run.optimizer.param_groups for p in group["params"]], gradient_clip)
+        clip_each_group(run.optimizer, gradient_clip)
     run.optimizer.step()
     run.scheduler.step()
     synchronize(device)
@@ -402,7 +402,8 @@ def main(argv: list[str] | None = None) -> dict:
     vocab = clipped_vocabulary(build_vocabulary(dataset, tok, llm_cfg, suffix_tokens), tokenizer, text_tokens)
     dynamic_vocab, static_vocab = own_ids(vocab), own_ids(vocab)
     records = build_task_records(cfg, dataset, llm_cfg)
-    collator = PromptCollator(tokenizer, backbone_cfg.max_length)
+    item_tokens = id_token_list(tok.tables, suffix_tokens, with_users=False)
+    collator = PromptCollator(tokenizer, backbone_cfg.max_length, tokenizer.convert_tokens_to_ids(item_tokens))
 
     dynamic_module = StandaloneDynamicModule(
         dynamic_model,

@@ -8,6 +8,7 @@ from test_backbone import ID_TOKENS, build_bpe_tokenizer, tiny_model
 
 from ttds.backbone import BackboneConfig, GenerationCollator, PromptCollator, add_id_tokens, load_backbone, position_ids_from_mask
 from ttds.backbone.collate import special_prefix_ids
+from ttds.tasks.base import Example
 
 PROMPT = "The user bought these items before: <a_12><b_1>, <a_3><b_4>. Which item comes next? Answer:"
 RESPONSE = "<a_3><b_4>"
@@ -151,3 +152,25 @@ def test_left_padded_minilm_needs_position_ids():
 
     assert torch.allclose(with_positions, expected, atol=1e-4)
     assert not torch.allclose(without_positions, expected, atol=1e-4)
+
+
+def test_history_labels_label_the_prompts_item_ids(tokenizer):
+    item_ids = tokenizer.convert_tokens_to_ids(ID_TOKENS)
+    collator = PromptCollator(tokenizer, 128, prompt_label_ids=item_ids)
+    batch = collator([Example(PROMPT, RESPONSE, True), Example(PROMPT, RESPONSE, False)])
+    history = tokenizer.convert_tokens_to_ids(["<a_12>", "<b_1>", "<a_3>", "<b_4>"])
+    response = tokenizer.convert_tokens_to_ids(["<a_3>", "<b_4>"]) + [tokenizer.eos_token_id]
+
+    dense_labels = batch["labels"][0][batch["labels"][0] != -100].tolist()
+    assert dense_labels == history + response
+    sparse_labels = batch["labels"][1][batch["labels"][1] != -100].tolist()
+    assert sparse_labels == response
+
+    # A label always equals the input token at its position, so position t - 1 predicts it.
+    labelled = batch["labels"][0] != -100
+    assert torch.equal(batch["labels"][0][labelled], batch["input_ids"][0][labelled])
+
+
+def test_history_labels_need_the_item_token_ids(tokenizer):
+    with pytest.raises(ValueError, match="prompt_label_ids"):
+        PromptCollator(tokenizer, 128)([Example(PROMPT, RESPONSE, True)])

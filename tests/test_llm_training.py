@@ -8,7 +8,7 @@ from ttds.backbone import BackboneConfig, PromptCollator, add_id_tokens, apply_l
 from ttds.checkpoint_io import SafetensorsCheckpointIO
 from ttds.llm.config import LLMConfig
 from ttds.llm.data import PromptDataModule
-from ttds.llm.recommender import RecommenderModule
+from ttds.llm.recommender import RecommenderModule, clip_each_group
 
 pytestmark = pytest.mark.slow
 
@@ -96,3 +96,16 @@ def test_resume_at_step_6_of_8_matches_uninterrupted(tmp_path):
 
     changed = [name for name in full if not torch.allclose(full[name], resumed[name], atol=1e-6)]
     assert changed == []
+
+
+def test_clip_each_group_separately():
+    # Stage 1 towers have gradients far larger than the LM, so a global norm would shrink the LM step.
+    lm, tower = torch.nn.Parameter(torch.zeros(3)), torch.nn.Parameter(torch.zeros(3))
+    optimizer = torch.optim.AdamW([{"params": [lm]}, {"params": [tower]}])
+    lm.grad = torch.tensor([0.3, 0.4, 0.0])  # norm 0.5
+    tower.grad = torch.tensor([300.0, 400.0, 0.0])  # norm 500
+
+    clip_each_group(optimizer, 1.0)
+
+    assert torch.allclose(lm.grad, torch.tensor([0.3, 0.4, 0.0]))
+    assert torch.isclose(tower.grad.norm(), torch.tensor(1.0))

@@ -4,6 +4,10 @@ Prompt and response are tokenised separately and their ids concatenated, so the 
 labels are -100 over BOS and the prompt, and equal the ids over the response and the EOS that follows it. Padding is
 masked by position too, never by id, because many tokenizers pad with the EOS id.
 
+Examples may also ask for labels inside the prompt (``Example.history_labels``): then every prompt token in the
+collator's ``prompt_label_ids`` (the item-ID tokens) is labelled too, so each history item is a next-item target of
+the items before it, as in SASRec's training, at the cost of the output head on those positions.
+
 When a sequence is too long the prompt loses tokens from its left end (after BOS): prompts put the history last, so
 the most recent history survives and the instruction head goes first. The response is never truncated.
 """
@@ -11,7 +15,7 @@ the most recent history survives and the instruction head goes first. The respon
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 import torch
 from torch import Tensor
@@ -68,19 +72,27 @@ class _PromptEncoder:
 class PromptCollator(_PromptEncoder):
     """Collate (prompt, response) pairs into right-padded input_ids, attention_mask and labels (B, T) for training.
 
-    ``max_length`` bounds BOS + prompt + response + EOS.
+    ``max_length`` bounds BOS + prompt + response + EOS. A pair may be an ``Example`` with ``history_labels`` set; its
+    prompt tokens that are in ``prompt_label_ids`` are labelled as well.
     """
 
-    def __call__(self, pairs: Sequence[tuple[str, str]]) -> dict[str, Tensor]:
-        _check_not_empty(pairs)
-        prompts = [prompt for prompt, _ in pairs]
-        responses = self.tokenizer([response for _, response in pairs], add_special_tokens=False)["input_ids"]
-        responses = [ids + [self.tokenizer.eos_token_id] for ids in responses]
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, max_length: int, prompt_label_ids: Collection[int] = ()):
+        super().__init__(tokenizer, max_length)
+        self.prompt_label_ids = torch.tensor(sorted(prompt_label_ids), dtype=torch.long)
 
-        for (_, text), ids in zip(pairs, responses, strict=True):
+    def __call__(self, pairs: Sequence[Sequence]) -> dict[str, Tensor]:
+        _check_not_empty(pairs)
+        prompts = [pair[0] for pair in pairs]
+        responses = self.tokenizer([pair[1] for pair in pairs], add_special_tokens=False)["input_ids"]
+        responses = [ids + [self.tokenizer.eos_token_id] for ids in responses]
+        dense = [len(pair) > 2 and bool(pair[2]) for pair in pairs]
+        if any(dense) and len(self.prompt_label_ids) == 0:
+            raise ValueError("an example asks for history labels, but the collator has no prompt_label_ids; pass the item-ID token ids.")
+
+        for pair, ids in zip(pairs, responses, strict=True):
             if len(self.prefix) + len(ids) > self.max_length:
                 raise ValueError(
-                    f"response {text[:60]!r} is {len(ids)} tokens with EOS, more than max_length={self.max_length} allows; "
+                    f"response {pair[1][:60]!r} is {len(ids)} tokens with EOS, more than max_length={self.max_length} allows; "
                     "raise backbone.max_length or shorten the response template."
                 )
         prompt_ids = self.encode_prompts(prompts, [self.max_length - len(ids) for ids in responses])
@@ -94,6 +106,10 @@ class PromptCollator(_PromptEncoder):
             input_ids[row, :end] = torch.tensor(prompt + response)
             attention_mask[row, :end] = 1
             labels[row, len(prompt) : end] = torch.tensor(response)
+            if dense[row]:
+                body = torch.tensor(prompt[len(self.prefix) :], dtype=torch.long)
+                in_history = torch.isin(body, self.prompt_label_ids)
+                labels[row, len(self.prefix) : len(prompt)][in_history] = body[in_history]
         return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
 
 

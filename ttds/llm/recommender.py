@@ -27,6 +27,16 @@ def warmup_then_linear_decay(warmup_steps: int, total_steps: int, floor: float =
     return factor
 
 
+def clip_each_group(optimizer: torch.optim.Optimizer, max_norm: float) -> None:
+    """Clip the gradient norm of every parameter group to ``max_norm`` on its own.
+
+    Stage 1 optimises the LM and the towers together. The towers' losses are summed reconstruction errors, hundreds
+    of times the LM loss, so one global norm would be the towers' and would scale the LM's gradient down with theirs.
+    """
+    for group in optimizer.param_groups:
+        torch.nn.utils.clip_grad_norm_(group["params"], max_norm)
+
+
 class RecommenderModule(L.LightningModule):
     """Trains only the LoRA weights, the ID-token rows and the head layers that peft marks trainable."""
 
@@ -50,6 +60,10 @@ class RecommenderModule(L.LightningModule):
     def param_groups(self) -> list[dict]:
         """AdamW parameter groups; the LM's trainable weights form the only group here."""
         return [{"params": [p for p in self.model.parameters() if p.requires_grad], "lr": self.cfg.learning_rate}]
+
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        if gradient_clip_val:
+            clip_each_group(optimizer, float(gradient_clip_val))
 
     def configure_optimizers(self):
         optimizer = torch.optim.AdamW(self.param_groups(), lr=self.cfg.learning_rate, weight_decay=self.cfg.weight_decay)

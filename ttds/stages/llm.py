@@ -105,8 +105,10 @@ def run(ctx: RunContext) -> dict:
         user_texts=clip_texts(tok.texts["user"], tokenizer, text_tokens),
     )
     templates = load_templates(tasks_cfg.templates)
-    records = TaskRecords(TaskData(dataset, int(ctx.cfg.dataset.preprocess.max_history), tasks_cfg.neighbours), tasks_cfg, templates)
-    collator = PromptCollator(tokenizer, backbone_cfg.max_length)
+    task_data = TaskData(dataset, int(ctx.cfg.dataset.preprocess.max_history), tasks_cfg.neighbours)
+    records = TaskRecords(task_data, tasks_cfg, templates, history_labels=llm_cfg.history_labels)
+    item_tokens = id_token_list(tok.tables, suffix_tokens, with_users=False)
+    collator = PromptCollator(tokenizer, backbone_cfg.max_length, prompt_label_ids=tokenizer.convert_tokens_to_ids(item_tokens))
     summary: dict = {"templates_version": templates.version, "templates_sha256": templates.sha256}
 
     # Stage 1: dynamic index.

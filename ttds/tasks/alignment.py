@@ -13,6 +13,7 @@ class ItemToId:
     """Item text -> item ID. Record: (item,). Item text is metadata, so every catalogue item is used."""
 
     name: str = "item_to_id"
+    history_in_prompt: bool = False
 
     def build(self, data: TaskData) -> list[tuple]:
         return [(i,) for i in range(data.dataset.n_items)]
@@ -26,6 +27,7 @@ class IdToTitle:
     """Item ID -> item title."""
 
     name: str = "id_to_title"
+    history_in_prompt: bool = False
 
     def build(self, data: TaskData) -> list[tuple]:
         return [(i,) for i in range(data.dataset.n_items)]
@@ -39,6 +41,7 @@ class UserToText:
     """User ID -> user text. User texts come from training items only, so only users with training events count."""
 
     name: str = "user_to_text"
+    history_in_prompt: bool = False
 
     def build(self, data: TaskData) -> list[tuple]:
         return [(u,) for u in data.training_users]
@@ -52,6 +55,7 @@ class TextToUser:
     """User text -> user ID."""
 
     name: str = "text_to_user"
+    history_in_prompt: bool = False
 
     def build(self, data: TaskData) -> list[tuple]:
         return [(u,) for u in data.training_users]

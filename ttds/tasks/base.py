@@ -6,7 +6,7 @@ import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import yaml
 
@@ -37,10 +37,26 @@ def tidy_prompt(prompt: str) -> str:
     return re.sub(r" {2,}", " ", prompt)
 
 
+class Example(NamedTuple):
+    """One rendered training example.
+
+    ``history_labels`` asks the collator to label the item-ID tokens of the prompt as well as the response, so that
+    every history item is a next-item target of the items before it (set only for prompts whose IDs are a history).
+    """
+
+    prompt: str
+    response: str
+    history_labels: bool = False
+
+
 class Task(Protocol):
-    """A tuning task: ``build`` makes index-only records once, ``render`` turns one into (prompt, response)."""
+    """A tuning task: ``build`` makes index-only records once, ``render`` turns one into (prompt, response).
+
+    ``history_in_prompt`` is true when the prompt's item IDs are the user's history in order, oldest first.
+    """
 
     name: str
+    history_in_prompt: bool
 
     def build(self, views: Any) -> list[tuple]: ...
 

@@ -18,6 +18,7 @@ class ItemToUser:
     """Record: (item, previous users, next user); previous users truncated to the last max_history."""
 
     name: str = "item_to_user"
+    history_in_prompt: bool = False
 
     def build(self, data: TaskData) -> list[tuple]:
         records = []
@@ -36,6 +37,7 @@ class ItemToItems:
     """Record: (item, neighbour items by co-interaction count, most first)."""
 
     name: str = "item_to_items"
+    history_in_prompt: bool = False
 
     def build(self, data: TaskData) -> list[tuple]:
         return [(item, neighbours) for item, neighbours in data.item_neighbours if neighbours]
@@ -49,6 +51,7 @@ class UserToUsers:
     """Record: (user, neighbour users by shared-item count, most first)."""
 
     name: str = "user_to_users"
+    history_in_prompt: bool = False
 
     def build(self, data: TaskData) -> list[tuple]:
         return [(user, neighbours) for user, neighbours in data.user_neighbours if neighbours]

@@ -11,7 +11,7 @@ import torch
 
 from ttds.data.config import build_strict
 from ttds.tasks.alignment import IdToTitle, ItemToId, TextToUser, UserToText
-from ttds.tasks.base import Task, TemplateSet, Vocabulary, tidy_prompt
+from ttds.tasks.base import Example, Task, TemplateSet, Vocabulary, tidy_prompt
 from ttds.tasks.high_order import ItemToItems, ItemToUser, UserToUsers
 from ttds.tasks.sequential import IdsToNextTitle, Sequential, TitlesToNextId
 from ttds.tasks.task_data import TaskData
@@ -80,11 +80,16 @@ def without_user_id_tasks(cfg: TasksConfig) -> TasksConfig:
 
 
 class TaskRecords:
-    """Index-only records of every task in a mixture, built once from the training views."""
+    """Index-only records of every task in a mixture, built once from the training views.
 
-    def __init__(self, data: TaskData, cfg: TasksConfig, templates: TemplateSet):
+    ``history_labels`` marks the examples of tasks whose prompt lists the history as item IDs, so that the collator
+    labels those IDs too (llm.history_labels).
+    """
+
+    def __init__(self, data: TaskData, cfg: TasksConfig, templates: TemplateSet, history_labels: bool = False):
         self.cfg = cfg
         self.templates = templates
+        self.history_labels = history_labels
         self.records: dict[str, list[tuple]] = {}
         for name, spec in cfg.mixture.items():
             if spec.weight == 0:
@@ -116,15 +121,16 @@ class TaskRecords:
         order = rng.permutation(len(examples))
         return [examples[i] for i in order]
 
-    def render(self, example: tuple[str, int, int], vocab: Vocabulary) -> tuple[str, str]:
+    def render(self, example: tuple[str, int, int], vocab: Vocabulary) -> Example:
         name, record_index, template_index = example
         template = self.templates.for_task(name)[template_index]
-        prompt, response = TASKS[name].render(self.records[name][record_index], vocab, template)
-        return tidy_prompt(prompt), response
+        task = TASKS[name]
+        prompt, response = task.render(self.records[name][record_index], vocab, template)
+        return Example(tidy_prompt(prompt), response, self.history_labels and task.history_in_prompt)
 
 
 class PromptDataset(torch.utils.data.Dataset):
-    """One epoch of (prompt, response) pairs, rendered on access with the current vocabulary."""
+    """One epoch of Examples (prompt, response, history_labels), rendered on access with the current vocabulary."""
 
     def __init__(self, records: TaskRecords, vocab: Vocabulary, epoch: int = 0, seed: int = 0):
         self.records = records
@@ -138,5 +144,5 @@ class PromptDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.examples)
 
-    def __getitem__(self, index: int) -> tuple[str, str]:
+    def __getitem__(self, index: int) -> Example:
         return self.records.render(self.examples[index], self.vocab)

@@ -22,6 +22,7 @@ class Sequential:
     """User ID + history item IDs -> next item ID (the main task). Record: (user, history, target)."""
 
     name: str = "sequential"
+    history_in_prompt: bool = True
 
     def build(self, data: TaskData) -> list[tuple]:
         return data.training_pairs
@@ -35,6 +36,7 @@ class TitlesToNextId:
     """History as titles -> next item ID."""
 
     name: str = "titles_to_next_id"
+    history_in_prompt: bool = False
 
     def build(self, data: TaskData) -> list[tuple]:
         return data.training_pairs
@@ -48,6 +50,7 @@ class IdsToNextTitle:
     """History as IDs -> next item's title."""
 
     name: str = "ids_to_next_title"
+    history_in_prompt: bool = True
 
     def build(self, data: TaskData) -> list[tuple]:
         return data.training_pairs
