@@ -10,6 +10,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
+from ttds.cli import exit_on_input_error
 from ttds.paths import register_resolvers
 from ttds.serving import serve
 
@@ -17,6 +18,7 @@ register_resolvers()
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="serve")
+@exit_on_input_error
 def main(cfg: DictConfig) -> None:
     # SIGTERM becomes SystemExit, so the writer's cleanup removes its temporary file as on Ctrl-C.
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))

@@ -8,6 +8,7 @@
 import hydra
 from omegaconf import DictConfig
 
+from ttds.cli import exit_on_input_error
 from ttds.paths import register_resolvers
 from ttds.stages.runner import run_stages
 
@@ -15,6 +16,7 @@ register_resolvers()
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
+@exit_on_input_error
 def main(cfg: DictConfig) -> None:
     run_stages(cfg)
 

@@ -11,6 +11,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from ttds.bench.runner import run_benchmark
+from ttds.cli import exit_on_input_error
 from ttds.paths import CONF_DIR, register_resolvers
 
 register_resolvers()
@@ -23,6 +24,7 @@ def dataset_overrides(overrides: list[str]) -> list[str]:
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="bench")
+@exit_on_input_error
 def main(cfg: DictConfig) -> None:
     overrides = list(HydraConfig.get().overrides.task)
     invocation = shlex.join(["python", "-m", "ttds.bench", *sys.argv[1:]])

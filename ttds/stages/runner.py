@@ -12,6 +12,7 @@ from pathlib import Path
 import lightning as L
 from omegaconf import DictConfig
 
+from ttds.stages.checks import check_stage_configs
 from ttds.stages.context import RunContext
 
 log = logging.getLogger(__name__)
@@ -53,13 +54,16 @@ def selected_stages(stage: str) -> list[str]:
 
 def run_stages(cfg: DictConfig) -> RunContext:
     """Run ``cfg.stage`` and every stage it depends on; finished stages in the run directory are reused."""
+    stages = selected_stages(cfg.stage)
+    check_eval_config(cfg)
+    check_stage_configs(cfg, stages)
+
     L.seed_everything(cfg.seed, workers=True)
     ctx = RunContext(cfg=cfg, run_dir=Path(cfg.paths.run_dir), cache_dir=Path(cfg.paths.cache_dir))
     ctx.run_dir.mkdir(parents=True, exist_ok=True)
 
-    check_eval_config(cfg)
     missing = []
-    for name in selected_stages(cfg.stage):
+    for name in stages:
         try:
             module = importlib.import_module(STAGES[name])
         except ModuleNotFoundError as error:
