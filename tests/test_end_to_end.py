@@ -134,5 +134,5 @@ def test_serve_rejects_unknown_users_by_default(tiny_run, tmp_path):
         timeout=600,
     )
     assert result.returncode != 0
-    assert "unknown_users=popular" in result.stderr
+    assert "unknown_users=popular" in result.stdout + result.stderr
     assert not (tmp_path / "r.csv").exists()

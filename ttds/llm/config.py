@@ -27,6 +27,7 @@ class LLMConfig:
     align_weight: float = 0.1  # stage 1: weight of the ID-text alignment loss (InfoNCE + MSE)
     align_temperature: float = 0.1  # stage 1: InfoNCE temperature
     align_batch_size: int = 32  # stage 1: entities per alignment loss
+    id_init: str = "text"  # "text": an ID token's row starts at the mean word embedding of its entities' texts; "mean": vocabulary mean + noise
     history_labels: bool = False  # also label the history item IDs in sequential prompts (not in METHOD.md, which labels the response only)
     user_ids: bool = True  # false: prompts carry no user ID and the tasks that need user IDs are dropped (ablation)
     suffix_reserve: int = 16  # suffix tokens added beyond the initial table's, so IDs can move in stage 1
@@ -44,6 +45,8 @@ class LLMConfig:
                 raise ValueError(f"llm.{key}={getattr(self, key)} must not be negative.")
         if self.user_refresh_every is not None and self.user_refresh_every <= 0:
             raise ValueError(f"llm.user_refresh_every={self.user_refresh_every} must be positive, or null to use llm.refresh_every.")
+        if self.id_init not in ("text", "mean"):
+            raise ValueError(f"llm.id_init={self.id_init!r} is invalid; use 'text' or 'mean'.")
         if self.refresh_mode not in ("rolling", "full"):
             raise ValueError(f"llm.refresh_mode={self.refresh_mode!r} is invalid; use 'rolling' or 'full'.")
         if self.static_steps < 1:

@@ -13,6 +13,7 @@ from ttds.backbone.collate import PromptCollator
 from ttds.backbone.config import backbone_config_from_dict
 from ttds.backbone.lm import load_backbone
 from ttds.backbone.lora import apply_lora
+from ttds.backbone.token_init import init_rows_from_texts
 from ttds.backbone.tokens import add_id_tokens
 from ttds.checkpoint_io import SafetensorsCheckpointIO
 from ttds.llm.config import llm_config_from_dict
@@ -89,13 +90,18 @@ def run(ctx: RunContext) -> dict:
     suffix_tokens = tok.tables["item"].n_suffix + llm_cfg.suffix_reserve
     tokens = id_token_list(tok.tables, suffix_tokens, with_users=llm_cfg.user_ids)
     model, tokenizer = load_backbone(backbone_cfg)
+    word_rows = len(tokenizer)
     token_ids = add_id_tokens(model, tokenizer, tokens, seed=backbone_cfg.seed)
+    # Entity texts are clipped to the token budget they were embedded with (tokenizer.semantic_encoder.max_length)
+    # and to half of backbone.max_length, so that a text response fits in one sequence with its prompt.
+    text_tokens = min(int(ctx.cfg.tokenizer.semantic_encoder.max_length), backbone_cfg.max_length // 2)
+    if llm_cfg.id_init == "text":
+        for side in sides_used:
+            id_strings = render_ids(tok.tables[side], suffix_tokens if side == "item" else 0)
+            init_rows_from_texts(model, tokenizer, id_strings, tok.texts[side], text_tokens, word_rows)
     model = apply_lora(model, tokenizer, backbone_cfg.lora, token_ids)
 
-    # Prompts render from the current ID strings, so stage 1 can move them in place. Entity texts are clipped to
-    # the token budget they were embedded with (tokenizer.semantic_encoder.max_length) and to half of
-    # backbone.max_length, so that a text response fits in one sequence with its prompt.
-    text_tokens = min(int(ctx.cfg.tokenizer.semantic_encoder.max_length), backbone_cfg.max_length // 2)
+    # Prompts render from the current ID strings, so stage 1 can move them in place.
     titles = dataset.items.sort("item_idx")["title"].to_list()
     vocab = Vocabulary(
         item_ids=render_ids(tok.tables["item"], suffix_tokens),
