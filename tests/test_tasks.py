@@ -135,3 +135,32 @@ def test_templates_carry_version_and_hash():
     assert templates.version == 1
     assert len(templates.sha256) == 64
     assert len(templates.for_task("sequential")) >= 2
+
+
+@pytest.mark.parametrize("path", sorted((CONF_DIR / "tasks").glob("templates_v*.yaml")), ids=lambda path: path.stem)
+def test_every_templates_file_renders_every_task(path):
+    templates = load_templates(path)
+    assert set(templates.templates) == set(TASKS)
+
+
+def test_v2_sequential_prompts_end_with_the_history():
+    ds = build_processed(_raw({"u1": SEQUENCES["u1"]}), PreprocessConfig(kcore=0))
+    cfg = TasksConfig(templates=str(CONF_DIR / "tasks" / "templates_v2.yaml"), mixture={"sequential": {"weight": 1.0}})
+    records = TaskRecords(TaskData(ds, max_history=20, neighbours=3), cfg, load_templates(cfg.templates), history_labels=True)
+    vocab = _vocab(ds)
+
+    for template_index in range(len(records.templates.for_task("sequential"))):
+        example = records.render(("sequential", 1, template_index), vocab)
+        history = records.records["sequential"][1][1]
+        assert example.prompt.endswith(vocab.items(history) + ",")
+        assert example.history_labels
+
+
+def test_history_labels_only_mark_history_tasks():
+    ds = build_processed(_raw(SEQUENCES), PreprocessConfig(kcore=0))
+    cfg = _all_tasks_config()
+    records = TaskRecords(TaskData(ds, max_history=20, neighbours=3), cfg, load_templates(cfg.templates), history_labels=True)
+    vocab = _vocab(ds)
+
+    marked = {name for name in records.records if records.render((name, 0, 0), vocab).history_labels}
+    assert marked == {"sequential", "ids_to_next_title"}
