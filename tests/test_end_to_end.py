@@ -45,6 +45,17 @@ def test_metrics_cover_every_requested_user(tiny_run):
     assert "| test |" in result.stdout
 
 
+def test_reused_llm_stage_warns_about_changed_settings(tiny_run, tmp_path):
+    run_dir, env, _ = tiny_run
+    result = _run(
+        ["train.py", "experiment=tiny", f"paths.run_dir={run_dir}", f"hydra.run.dir={tmp_path / 'hydra'}", "stage=llm", "llm.static_steps=7"],
+        env,
+    )
+    output = result.stdout + result.stderr
+    assert "have no effect" in output
+    assert "llm.static_steps" in output
+
+
 def test_adapter_checkpoint_has_no_pickles(tiny_run):
     run_dir, _, _ = tiny_run
     files = [p for p in (run_dir / "llm").rglob("*") if p.is_file()]

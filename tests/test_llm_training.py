@@ -9,6 +9,7 @@ from ttds.checkpoint_io import SafetensorsCheckpointIO
 from ttds.llm.config import LLMConfig
 from ttds.llm.data import PromptDataModule
 from ttds.llm.recommender import RecommenderModule, clip_each_group
+from ttds.stages.llm import changed_settings
 
 pytestmark = pytest.mark.slow
 
@@ -109,3 +110,11 @@ def test_clip_each_group_separately():
 
     assert torch.allclose(lm.grad, torch.tensor([0.3, 0.4, 0.0]))
     assert torch.isclose(tower.grad.norm(), torch.tensor(1.0))
+
+
+def test_changed_settings_lists_dotted_keys():
+    saved = {"llm": {"static_steps": 300, "lora": {"rank": 8}}, "tasks": {"neighbours": 5}}
+    current = {"llm": {"static_steps": 50, "lora": {"rank": 8}}, "tasks": {"neighbours": 5}}
+
+    assert changed_settings(saved, current) == ["llm.static_steps: 300 -> 50"]
+    assert changed_settings(saved, saved) == []

@@ -28,7 +28,7 @@ class LLMConfig:
     align_temperature: float = 0.1  # stage 1: InfoNCE temperature
     align_batch_size: int = 32  # stage 1: entities per alignment loss
     id_init: str = "text"  # "text": an ID token's row starts at the mean word embedding of its entities' texts; "mean": vocabulary mean + noise
-    history_labels: bool = False  # also label the history item IDs in sequential prompts (not in METHOD.md, which labels the response only)
+    history_labels: bool = False  # also label the history item IDs of prompts that list a history (the method labels the response only)
     user_ids: bool = True  # false: prompts carry no user ID and the tasks that need user IDs are dropped (ablation)
     suffix_reserve: int = 16  # suffix tokens added beyond the initial table's, so IDs can move in stage 1
     checkpoint_every_n_steps: int = 100  # resumable checkpoint interval

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -72,9 +73,42 @@ def _resume_path(folder: Path) -> Path | None:
     return last if last.is_file() else None
 
 
+TRAINING_GROUPS = ("llm", "backbone", "tasks")  # config groups that shape the trained model
+
+
+def changed_settings(saved: dict, current: dict, prefix: str = "") -> list[str]:
+    """List the dotted keys whose values differ between two nested config dicts, e.g. ``llm.static_steps: 300 -> 50``."""
+    changes = []
+    for key in sorted(set(saved) | set(current)):
+        name = f"{prefix}{key}"
+        old, new = saved.get(key), current.get(key)
+        if isinstance(old, dict) and isinstance(new, dict):
+            changes += changed_settings(old, new, f"{name}.")
+        elif old != new:
+            changes.append(f"{name}: {old!r} -> {new!r}")
+    return changes
+
+
+def _warn_if_reused_with_other_settings(ctx: RunContext, out: Path) -> None:
+    saved_file = out / "config.json"
+    if not saved_file.is_file():
+        return
+    saved = json.loads(saved_file.read_text(encoding="utf-8"))
+    current = OmegaConf.to_container(ctx.cfg, resolve=True)
+    changes = [c for group in TRAINING_GROUPS for c in changed_settings({group: saved.get(group)}, {group: current.get(group)})]
+    if changes:
+        log.warning(
+            "the llm stage of %s is finished and is reused as it is; these settings differ from the ones it was trained "
+            "with and have no effect: %s. Use a new paths.run_dir to train with them.",
+            ctx.run_dir,
+            "; ".join(changes),
+        )
+
+
 def run(ctx: RunContext) -> dict:
     out = ctx.stage_dir("llm")
     if ctx.is_done("llm"):
+        _warn_if_reused_with_other_settings(ctx, out)
         load_trained(ctx)
         return {}
     tok = ctx.artefacts["tokenize"]
