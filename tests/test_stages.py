@@ -5,9 +5,10 @@ import json
 import pytest
 from omegaconf import OmegaConf
 
+from ttds.stages.checks import check_stage_configs
 from ttds.stages.context import RunContext
 from ttds.stages.data import check_run_dataset
-from ttds.stages.runner import check_eval_config, selected_stages
+from ttds.stages.runner import selected_stages
 
 
 def test_run_dir_from_other_data_is_rejected(tmp_path):
@@ -30,7 +31,7 @@ def test_run_dir_from_same_data_is_accepted(tmp_path):
 def test_beam_width_below_top_k_fails_before_training():
     cfg = OmegaConf.create({"eval": {"beam_width": 5, "top_k": [1, 5, 10]}})
     with pytest.raises(ValueError, match=r"eval.beam_width=5 is below max\(eval.top_k\)=10"):
-        check_eval_config(cfg)
+        check_stage_configs(cfg, ["data", "tokenize", "llm", "evaluate"])
 
 
 def test_selected_stages_include_prerequisites():

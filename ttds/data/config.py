@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+import numbers
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import MISSING, Field, dataclass, field, fields
 from typing import Any
 
 READER_FORMATS = ("movietweetings", "recbole", "amazon2018", "unisrec", "p5", "table")
@@ -51,12 +55,119 @@ class DatasetConfig:
 
 
 def build_strict(cls: type, values: dict[str, Any], where: str) -> Any:
-    """Build dataclass ``cls`` from a mapping, rejecting keys it does not declare."""
+    """Build dataclass ``cls`` from a mapping, rejecting keys it does not declare and values of the wrong type.
+
+    ``where`` is the key prefix that error messages use, e.g. "llm" or "backbone.lora". Values whose field is
+    annotated with a nested dataclass or ``Any`` are left to ``cls`` itself.
+    """
     known = {f.name for f in fields(cls)}
     unknown = sorted(set(values) - known)
     if unknown:
         raise ValueError(f"{where} has unknown keys {unknown}; valid keys are {sorted(known)}.")
+
+    # get_type_hints resolves the string annotations that `from __future__ import annotations` leaves.
+    hints = typing.get_type_hints(cls)
+    for item in fields(cls):
+        if item.name in values:
+            check_value_type(values[item.name], hints[item.name], f"{where}.{item.name}", _field_default(item))
     return cls(**values)
+
+
+def check_value_type(value: Any, annotation: Any, key: str, example: Any = None) -> None:
+    """Raise ValueError when ``value`` does not fit ``annotation``, naming ``key`` and, where given, an ``example`` value.
+
+    Checked are bool, int (bool excluded), float (int accepted, bool excluded), str, None, and list[...] and dict[...]
+    with their element types. Other annotations accept any value.
+    """
+    members = typing.get_args(annotation) if _is_union(annotation) else (annotation,)
+    matches = [_outer_type_matches(value, member) for member in members]
+    if None in matches:
+        return  # a member such as a nested dataclass or Any is not checked here, so the dataclass checks the value
+
+    matching = [member for member, matched in zip(members, matches, strict=True) if matched]
+    if not matching:
+        raise ValueError(_type_error(key, value, members, example))
+    _check_elements(value, matching[0], key)
+
+
+def _is_union(annotation: Any) -> bool:
+    # `X | None` has origin types.UnionType, `Optional[X]` and `Union[X, Y]` have typing.Union.
+    return typing.get_origin(annotation) in (typing.Union, types.UnionType)
+
+
+def _outer_type_matches(value: Any, annotation: Any) -> bool | None:
+    """Return whether ``value`` has the outer type of ``annotation``, or None when that annotation is not checked."""
+    origin = typing.get_origin(annotation) or annotation
+    if annotation is type(None):
+        return value is None
+    if annotation is bool:
+        return isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    if annotation is float:
+        return isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if annotation is str:
+        return isinstance(value, str)
+    if origin is list:
+        return isinstance(value, Sequence) and not isinstance(value, (str, bytes))
+    if origin is dict:
+        return isinstance(value, Mapping)
+    return None
+
+
+def _check_elements(value: Any, annotation: Any, key: str) -> None:
+    """Check the items of a list and the values of a dict against their annotated element type."""
+    origin, arguments = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is list and arguments:
+        for index, element in enumerate(value):
+            check_value_type(element, arguments[0], f"{key}[{index}]")
+    if origin is dict and len(arguments) == 2:
+        for name, element in value.items():
+            check_value_type(element, arguments[1], f"{key}.{name}")
+
+
+# Per checked type: the noun of the error message, and the advice that follows it ({example} is filled in).
+_TYPE_ADVICE: dict[Any, tuple[str, str]] = {
+    bool: ("a boolean", "set it to true or false"),
+    int: ("an integer", "set it to a whole number like {example}"),
+    float: ("a number", "set it to a number like {example}"),
+    str: ("a string", "set it to text, in quotes if it looks like a number or a boolean"),
+    list: ("a list", "set it to a list like {example}"),
+    dict: ("a mapping", "set it to key: value pairs"),
+}
+# Examples for the advice when the field has no default of the right type.
+_GENERIC_EXAMPLES: dict[Any, Any] = {
+    int: 1,
+    float: 0.5,
+    str: "a",
+    list[int]: [1, 2],
+    list[float]: [0.5, 1.0],
+    list[str]: ["a", "b"],
+}
+
+
+def _type_error(key: str, value: Any, members: tuple[Any, ...], example: Any) -> str:
+    """Write the message for a value that fits none of ``members``, e.g. ``llm.batch_size='abc' must be an integer; ...``."""
+    nullable = type(None) in members
+    types_given = [member for member in members if member is not type(None)]
+    kinds = [typing.get_origin(member) or member for member in types_given]
+
+    noun = " or ".join(_TYPE_ADVICE[kind][0] for kind in kinds)
+    if example is None or not _outer_type_matches(example, types_given[0]):
+        example = _GENERIC_EXAMPLES.get(types_given[0], [])
+    advice = _TYPE_ADVICE[kinds[0]][1].format(example=example)
+    if nullable:
+        noun, advice = f"{noun} or null", f"{advice}, or null"
+    return f"{key}={value!r} must be {noun}; {advice}."
+
+
+def _field_default(item: Field) -> Any:
+    """Return the default of a dataclass field (calling its default_factory), or None when it has none."""
+    if item.default is not MISSING:
+        return item.default
+    if item.default_factory is not MISSING:
+        return item.default_factory()
+    return None
 
 
 def dataset_config_from_dict(values: dict[str, Any]) -> DatasetConfig:

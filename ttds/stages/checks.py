@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import string
+from pathlib import Path
+
+import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from ttds.backbone.config import backbone_config_from_dict
 from ttds.data.config import build_strict, dataset_config_from_dict
 from ttds.embeddings.templates import TextTemplateConfig
+from ttds.eval.config import eval_config_from_dict
 from ttds.llm.config import llm_config_from_dict
 from ttds.models.sasrec_module import SASRecConfig
-from ttds.tasks.registry import tasks_config_from_dict
+from ttds.tasks.base import TemplateSet, load_templates
+from ttds.tasks.registry import TASKS, USER_ID_TASKS, TasksConfig, tasks_config_from_dict
 from ttds.tokenizer.artefacts import SIDES
 from ttds.tokenizer.towers import tower_config_from_dict
 
@@ -18,7 +24,8 @@ def check_stage_configs(cfg: DictConfig, stages: list[str]) -> None:
     """Build every typed config that ``stages`` will build, raising the builders' ValueError on an unknown or invalid key.
 
     Each group is converted as its stage converts it (resolved to plain containers). Groups absent from ``cfg`` are
-    skipped. NOTE: tokenizer.semantic_encoder is not checked here, because the tokenize stage resolves its
+    skipped. The llm stage's templates file is read and its placeholders are checked against the tasks.
+    NOTE: tokenizer.semantic_encoder is not checked here, because the tokenize stage resolves its
     ``kind: backbone`` against the backbone config before building it.
     """
     if "data" in stages and "dataset" in cfg:
@@ -28,12 +35,21 @@ def check_stage_configs(cfg: DictConfig, stages: list[str]) -> None:
         check_tokenizer_config(_plain(cfg.tokenizer))
 
     if "llm" in stages:
-        if "llm" in cfg:
-            llm_config_from_dict(_plain(cfg.llm))
-        if "backbone" in cfg:
-            backbone_config_from_dict(_plain(cfg.backbone))
-        if "tasks" in cfg:
-            tasks_config_from_dict(_plain(cfg.tasks))
+        check_llm_configs(cfg)
+
+    if "evaluate" in stages and "eval" in cfg:
+        eval_config_from_dict(_plain(cfg.eval))
+
+
+def check_llm_configs(cfg: DictConfig) -> None:
+    """Build the llm, backbone and tasks configs of the llm stage and check the templates of the tasks it trains."""
+    user_ids = True
+    if "llm" in cfg:
+        user_ids = llm_config_from_dict(_plain(cfg.llm)).user_ids
+    if "backbone" in cfg:
+        backbone_config_from_dict(_plain(cfg.backbone))
+    if "tasks" in cfg:
+        check_task_templates(tasks_config_from_dict(_plain(cfg.tasks)), user_ids)
 
 
 def check_tokenizer_config(values: dict) -> None:
@@ -51,6 +67,72 @@ def check_tokenizer_config(values: dict) -> None:
         except ValueError as error:
             # The tower builder prefixes its messages with "tokenizer" for both towers, so name the tower here.
             raise ValueError(f"tokenizer.{side}: {error}") from error
+
+
+def check_task_templates(tasks_cfg: TasksConfig, user_ids: bool = True) -> None:
+    """Check that every task the llm stage trains has templates and that each template uses only the task's placeholders.
+
+    A task is trained when its mixture weight is above 0, and, with ``user_ids`` false (llm.user_ids), when it
+    does not read or write user IDs.
+    """
+    path = Path(tasks_cfg.templates)
+    templates = _read_templates(path)
+    for name, spec in tasks_cfg.mixture.items():
+        if spec.weight <= 0 or (not user_ids and name in USER_ID_TASKS):
+            continue
+        if not templates.templates.get(name):
+            raise ValueError(
+                f"tasks.templates={path}: task {name!r} has weight {spec.weight} in tasks.mixture but no templates; "
+                f"add a list under '{name}:' in that file or set tasks.mixture.{name}.weight=0."
+            )
+        for template in templates.templates[name]:
+            _check_placeholders(path, name, template, TASKS[name].fields)
+
+
+def _read_templates(path: Path) -> TemplateSet:
+    if not path.is_file():
+        raise ValueError(
+            f"tasks.templates={path}: file not found; point it at a templates YAML such as "
+            "tasks.templates='${paths.repo_root}/conf/tasks/templates_v1.yaml' (single quotes keep the shell from expanding ${...})."
+        )
+    try:
+        return load_templates(path)
+    except yaml.YAMLError as error:
+        raise ValueError(f"tasks.templates={path}: invalid YAML: {error}") from error
+
+
+def _check_placeholders(path: Path, task: str, template: str, allowed: tuple[str, ...]) -> None:
+    try:
+        used = template_placeholders(template)
+    except ValueError as error:
+        raise ValueError(
+            f"tasks.templates={path}: template {template!r} of task {task!r} is not a valid format string ({error}); "
+            "write a literal brace as {{ or }}."
+        ) from error
+
+    for placeholder in used:
+        if placeholder not in allowed:
+            known = ", ".join(f"{{{name}}}" for name in allowed)
+            raise ValueError(
+                f"tasks.templates={path}: template {template!r} of task {task!r} uses unknown placeholder "
+                f"{{{placeholder}}}; task {task!r} fills only {known}."
+            )
+
+
+def template_placeholders(template: str) -> list[str]:
+    """List the names of the fields that ``template.format(...)`` reads, in order, e.g. ``history`` for ``{history[0]}``.
+
+    A positional field (``{}`` or ``{0}``) is listed as ``""`` or ``"0"``. Raises ValueError for unbalanced braces.
+    """
+    names = []
+    for _, field_name, format_spec, _ in string.Formatter().parse(template):
+        if field_name is None:
+            continue
+        # str.format looks up only the part before the first attribute or index access.
+        names.append(field_name.split(".", 1)[0].split("[", 1)[0])
+        if format_spec and "{" in format_spec:
+            names += template_placeholders(format_spec)  # a nested field such as {history:{width}}
+    return names
 
 
 def _plain(node: DictConfig) -> dict:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from ttds.tasks.base import Vocabulary
 from ttds.tasks.task_data import TaskData
@@ -13,6 +14,7 @@ class ItemToId:
     """Item text -> item ID. Record: (item,). Item text is metadata, so every catalogue item is used."""
 
     name: str = "item_to_id"
+    fields: ClassVar[tuple[str, ...]] = ("text",)
     history_in_prompt: bool = False
 
     def build(self, data: TaskData) -> list[tuple]:
@@ -27,6 +29,7 @@ class IdToTitle:
     """Item ID -> item title."""
 
     name: str = "id_to_title"
+    fields: ClassVar[tuple[str, ...]] = ("item",)
     history_in_prompt: bool = False
 
     def build(self, data: TaskData) -> list[tuple]:
@@ -41,6 +44,7 @@ class UserToText:
     """User ID -> user text. User texts come from training items only, so only users with training events count."""
 
     name: str = "user_to_text"
+    fields: ClassVar[tuple[str, ...]] = ("user",)
     history_in_prompt: bool = False
 
     def build(self, data: TaskData) -> list[tuple]:
@@ -55,6 +59,7 @@ class TextToUser:
     """User text -> user ID."""
 
     name: str = "text_to_user"
+    fields: ClassVar[tuple[str, ...]] = ("user_text",)
     history_in_prompt: bool = False
 
     def build(self, data: TaskData) -> list[tuple]:

@@ -6,7 +6,7 @@ import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple, Protocol
+from typing import Any, ClassVar, NamedTuple, Protocol
 
 import yaml
 
@@ -53,10 +53,12 @@ class Task(Protocol):
     """A tuning task: ``build`` makes index-only records once, ``render`` turns one into (prompt, response).
 
     ``history_in_prompt`` is true when the prompt's item IDs are the user's history in order, oldest first.
+    ``fields`` lists the placeholders that ``render`` fills, so templates can be checked before training.
     """
 
     name: str
     history_in_prompt: bool
+    fields: ClassVar[tuple[str, ...]]
 
     def build(self, views: Any) -> list[tuple]: ...
 

@@ -8,6 +8,7 @@ user_to_users: user ID -> the users who share the most items with them (second o
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from ttds.tasks.base import Vocabulary
 from ttds.tasks.task_data import TaskData
@@ -18,6 +19,7 @@ class ItemToUser:
     """Record: (item, previous users, next user); previous users truncated to the last max_history."""
 
     name: str = "item_to_user"
+    fields: ClassVar[tuple[str, ...]] = ("item", "users")
     history_in_prompt: bool = False
 
     def build(self, data: TaskData) -> list[tuple]:
@@ -37,6 +39,7 @@ class ItemToItems:
     """Record: (item, neighbour items by co-interaction count, most first)."""
 
     name: str = "item_to_items"
+    fields: ClassVar[tuple[str, ...]] = ("item",)
     history_in_prompt: bool = False
 
     def build(self, data: TaskData) -> list[tuple]:
@@ -51,6 +54,7 @@ class UserToUsers:
     """Record: (user, neighbour users by shared-item count, most first)."""
 
     name: str = "user_to_users"
+    fields: ClassVar[tuple[str, ...]] = ("user",)
     history_in_prompt: bool = False
 
     def build(self, data: TaskData) -> list[tuple]:

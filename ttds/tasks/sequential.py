@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from ttds.tasks.base import Vocabulary
 from ttds.tasks.task_data import TaskData
+
+# Placeholders that _history_fields fills, for the templates check that runs before training.
+HISTORY_FIELDS = ("user", "history", "history_titles")
 
 
 def _history_fields(record: tuple, vocab: Vocabulary) -> dict[str, str]:
@@ -22,6 +26,7 @@ class Sequential:
     """User ID + history item IDs -> next item ID (the main task). Record: (user, history, target)."""
 
     name: str = "sequential"
+    fields: ClassVar[tuple[str, ...]] = HISTORY_FIELDS
     history_in_prompt: bool = True
 
     def build(self, data: TaskData) -> list[tuple]:
@@ -36,6 +41,7 @@ class TitlesToNextId:
     """History as titles -> next item ID."""
 
     name: str = "titles_to_next_id"
+    fields: ClassVar[tuple[str, ...]] = HISTORY_FIELDS
     history_in_prompt: bool = False
 
     def build(self, data: TaskData) -> list[tuple]:
@@ -50,6 +56,7 @@ class IdsToNextTitle:
     """History as IDs -> next item's title."""
 
     name: str = "ids_to_next_title"
+    fields: ClassVar[tuple[str, ...]] = HISTORY_FIELDS
     history_in_prompt: bool = True
 
     def build(self, data: TaskData) -> list[tuple]:
