@@ -126,6 +126,15 @@ def _chunks(values: list, size: int) -> Iterator[list]:
         yield values[start : start + size]
 
 
+def count_short_lists(frames: list[pl.DataFrame], n_users: int, top_k: int) -> int:
+    """Count the users of one chunk (``n_users`` of them) whose recommendation rows in ``frames`` number below ``top_k``."""
+    if not frames:
+        return n_users
+    counts = pl.concat([frame.select("user_idx") for frame in frames])["user_idx"].value_counts()
+    full = counts.filter(pl.col("count") >= top_k).height
+    return n_users - full
+
+
 def serve(cfg: DictConfig) -> Path:
     """Write top-K recommendations for the requested users of a trained run; returns the output path."""
     if cfg.unknown_users not in UNKNOWN_USER_POLICIES:
@@ -175,6 +184,7 @@ def serve(cfg: DictConfig) -> Path:
     recommender = build_recommender(ctx, load_trained(ctx))
 
     writer = ChunkWriter(Path(cfg.output))
+    short_users = 0  # model users with fewer than top_k items
     progress = tqdm(total=len(requested), desc="recommend", unit="user", mininterval=5)
     try:
         for chunk in _chunks(requested, int(cfg.chunk_size)):
@@ -186,6 +196,7 @@ def serve(cfg: DictConfig) -> Path:
                 for span, result in recommender.batches(user_idx, part["history"].to_list(), part["seen"].to_list()):
                     recs = recommendations_frame(result, dataset.items, [user_idx[i] for i in span])
                     frames.append(recs.join(dataset.users.select("user_idx", "user_id"), on="user_idx").with_columns(pl.lit(False).alias("cold_start")))
+                short_users += count_short_lists(frames, len(rows), int(cfg.top_k))
             cold = [user for user in chunk if user not in known]
             if cold:
                 frames.append(
@@ -204,4 +215,13 @@ def serve(cfg: DictConfig) -> Path:
     progress.close()
     path = writer.close()
     log.info("wrote %d recommendations for %d users (%d cold start) to %s", writer.rows, len(requested), len(unknown), path)
+    if short_users:
+        log.warning(
+            "%d users got fewer than top_k=%d items, because the beam of beam_width=%d held fewer valid items "
+            "(exclude_history=%s removes seen items from it); raise beam_width for full lists",
+            short_users,
+            cfg.top_k,
+            cfg.beam_width,
+            cfg.exclude_history,
+        )
     return path

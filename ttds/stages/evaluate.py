@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import logging
+from pathlib import Path
 
 import polars as pl
 import torch
@@ -23,6 +25,23 @@ log = logging.getLogger(__name__)
 FULL_HISTORY = 1 << 30  # a max_history that keeps every event
 
 
+def check_templates_unchanged(run_dir: Path, path: str, sha256: str) -> None:
+    """Raise ValueError when the templates file differs from the one the run's LM was trained with.
+
+    Evaluation and serving render prompts from the file again, so an edit after training would change the prompts
+    the model receives. Runs whose llm stage recorded no hash are not checked.
+    """
+    done = run_dir / "llm" / "DONE.json"
+    if not done.is_file():
+        return
+    trained = json.loads(done.read_text(encoding="utf-8")).get("templates_sha256")
+    if trained is not None and trained != sha256:
+        raise ValueError(
+            f"tasks.templates={path} changed since the LM of {run_dir} was trained (sha256 {trained[:12]} then, "
+            f"{sha256[:12]} now); restore the file the run was trained with, or train a new run with the edited one."
+        )
+
+
 def build_recommender(ctx: RunContext, trained: dict) -> Recommender:
     """Build a Recommender from the run's frozen model and tables with the eval config's decoding settings."""
     eval_cfg = ctx.cfg.eval
@@ -36,7 +55,9 @@ def build_recommender(ctx: RunContext, trained: dict) -> Recommender:
         item_texts=[],
         user_texts=[],
     )
-    template = load_templates(ctx.cfg.tasks.templates).for_task("sequential")[EVAL_TEMPLATE_INDEX]
+    templates = load_templates(ctx.cfg.tasks.templates)
+    check_templates_unchanged(ctx.run_dir, ctx.cfg.tasks.templates, templates.sha256)
+    template = templates.for_task("sequential")[EVAL_TEMPLATE_INDEX]
     decoding = DecodingConfig(beam_width=eval_cfg.beam_width, top_k=list(eval_cfg.top_k), exclude_history=eval_cfg.exclude_history)
     # Leave room for the ID and EOS below the model's length limit.
     prompt_max_length = int(ctx.cfg.backbone.max_length) - item_table.id_length - 1
