@@ -93,7 +93,7 @@ def test_list_field_rejects_scalar():
 def test_stage_checks_name_tower_of_bad_type():
     cfg = compose_train(["tokenizer.item.latent_dim=abc"])
 
-    with pytest.raises(ValueError, match=r"tokenizer\.item: tokenizer\.latent_dim='abc' must be an integer"):
+    with pytest.raises(ValueError, match=r"^tokenizer\.item\.latent_dim='abc' must be an integer"):
         check_stage_configs(cfg, ["data", "tokenize"])
 
 

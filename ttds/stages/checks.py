@@ -60,13 +60,8 @@ def check_tokenizer_config(values: dict) -> None:
         SASRecConfig.from_dict(values["sasrec"])
 
     for side in SIDES:
-        if side not in values:
-            continue
-        try:
-            tower_config_from_dict(values[side])
-        except ValueError as error:
-            # The tower builder prefixes its messages with "tokenizer" for both towers, so name the tower here.
-            raise ValueError(f"tokenizer.{side}: {error}") from error
+        if side in values:
+            tower_config_from_dict(values[side], f"tokenizer.{side}")
 
 
 def check_task_templates(tasks_cfg: TasksConfig, user_ids: bool = True) -> None:

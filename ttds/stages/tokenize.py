@@ -63,7 +63,7 @@ def run(ctx: RunContext) -> dict:
     keys = {"item": dataset.items.sort("item_idx")["item_id"].to_list(), "user": dataset.users.sort("user_idx")["user_id"].to_list()}
     towers, tables, diagnostics = {}, {}, {"sasrec_valid": getattr(sasrec.model, "valid_metrics", {})}
     for side in SIDES:
-        tower_cfg = tower_config_from_dict(cfg[side])
+        tower_cfg = tower_config_from_dict(cfg[side], f"tokenizer.{side}")
         # Training losses and the final diagnostics go to one CSV log per tower, next to the JSON and PNG files.
         logger = CSVLogger(out / "logs", name=f"{side}_tower")
         towers[side], tables[side], diagnostics[side] = fit_tower(

@@ -98,10 +98,13 @@ class TowerConfig:
         return self.modalities in ("collaborative", "both")
 
 
-def tower_config_from_dict(values: dict[str, Any]) -> TowerConfig:
-    """Build a TowerConfig from a plain mapping (a resolved Hydra node), rejecting unknown keys."""
+def tower_config_from_dict(values: dict[str, Any], prefix: str = "tokenizer") -> TowerConfig:
+    """Build a TowerConfig from a plain mapping (a resolved Hydra node), rejecting unknown keys.
+
+    ``prefix`` names the node in error messages, e.g. "tokenizer.item".
+    """
     values = {key: value for key, value in values.items() if key != "_target_"}
-    return build_strict(TowerConfig, values, "tokenizer")
+    return build_strict(TowerConfig, values, prefix)
 
 
 @dataclass
