@@ -110,6 +110,17 @@ def test_second_invocation_skips_finished_runs(bench_run, caplog):
     assert (root / "BENCHMARKS.md").read_text().count("<!-- bench:movietweetings_100k start -->") == 1
 
 
+def test_report_only_runs_nothing(tmp_path):
+    (tmp_path / "BENCHMARKS.md").write_text("# Benchmarks\n")
+    cfg = bench_config(tmp_path, ["report_only=true"])
+
+    summary = run_benchmark(cfg, DATASET_OVERRIDES, "python -m ttds.bench report_only=true (test)")
+
+    assert not list((tmp_path / "out").glob("*/seed*/bench_run.json"))
+    assert set(summary["models"]) == {"mostpop", "sasrec"}
+    assert "<!-- bench:movietweetings_100k start -->" in (tmp_path / "BENCHMARKS.md").read_text()
+
+
 def test_mean_std_of_one_value_has_no_std():
     stats = mean_std([0.25])
     assert stats["mean"] == 0.25

@@ -79,6 +79,7 @@ class BenchConfig:
     train_overrides: list[str]
     cache_dir: Path
     registry: dict[str, ModelSpec]
+    report_only: bool = False  # write the report from the runs that finished, run nothing
 
     def __post_init__(self) -> None:
         if not self.models:
@@ -108,6 +109,7 @@ class BenchConfig:
             train_overrides=list(values["train_overrides"]),
             cache_dir=Path(values["paths"]["cache_dir"]).absolute(),
             registry=registry,
+            report_only=bool(values.get("report_only", False)),
         )
 
 
@@ -295,7 +297,11 @@ def run_benchmark(cfg: DictConfig, dataset_overrides: list[str] | None = None, i
     bench = BenchConfig.from_dictconfig(cfg)
     overrides = with_dataset_choice(list(dataset_overrides or []), str(cfg.dataset.name))
     runner = BenchmarkRunner(bench, cfg.dataset, overrides, invocation)
-    failed = runner.run_all()
+    if bench.report_only:
+        log.info("report_only=true: no runs start; the report covers the runs under %s that finished", bench.out)
+        failed = []
+    else:
+        failed = runner.run_all()
     summary = write_report(bench, invocation)
     if failed:
         names = ", ".join(f"{model} seed {seed}" for model, seed in failed)
