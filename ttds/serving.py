@@ -184,7 +184,7 @@ def serve(cfg: DictConfig) -> Path:
     recommender = build_recommender(ctx, load_trained(ctx))
 
     writer = ChunkWriter(Path(cfg.output))
-    short_users = 0  # model users with fewer than top_k items
+    short_users = 0  # users ranked by the model who got fewer than top_k items
     progress = tqdm(total=len(requested), desc="recommend", unit="user", mininterval=5)
     try:
         for chunk in _chunks(requested, int(cfg.chunk_size)):

@@ -87,7 +87,7 @@ class PromptCollator(_PromptEncoder):
         responses = [ids + [self.tokenizer.eos_token_id] for ids in responses]
         dense = [len(pair) > 2 and bool(pair[2]) for pair in pairs]
         if any(dense) and len(self.prompt_label_ids) == 0:
-            raise ValueError("an example asks for history labels, but the collator has no prompt_label_ids; pass the item-ID token ids.")
+            raise ValueError("an example requests history labels, but prompt_label_ids is empty; pass the item-ID token ids to PromptCollator.")
 
         for pair, ids in zip(pairs, responses, strict=True):
             if len(self.prefix) + len(ids) > self.max_length:

@@ -79,7 +79,7 @@ class BenchConfig:
     train_overrides: list[str]
     cache_dir: Path
     registry: dict[str, ModelSpec]
-    report_only: bool = False  # write the report from the runs that finished, run nothing
+    report_only: bool = False  # start no run and write the report from the runs that finished
 
     def __post_init__(self) -> None:
         if not self.models:

@@ -40,7 +40,7 @@ def tidy_prompt(prompt: str) -> str:
 class Example(NamedTuple):
     """One rendered training example.
 
-    ``history_labels`` asks the collator to label the item-ID tokens of the prompt as well as the response, so that
+    ``history_labels`` makes the collator label the item-ID tokens of the prompt as well as the response, so that
     every history item is a next-item target of the items before it (set only for prompts whose IDs are a history).
     """
 
