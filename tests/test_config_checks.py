@@ -128,6 +128,30 @@ def test_eval_unknown_key_fails_before_training():
         check_stage_configs(cfg, ALL_STAGES)
 
 
+def test_misspelt_key_gets_closest_suggestion():
+    cfg = compose_train(["+eval.bem_width=3"])
+
+    with pytest.raises(ValueError, match=r"Did you mean 'beam_width'\?$"):
+        check_stage_configs(cfg, ALL_STAGES)
+
+
+def test_several_misspelt_keys_each_get_a_suggestion():
+    with pytest.raises(ValueError, match=r"Did you mean 'batch_size' for 'batch_sise', 'static_steps' for 'statc_steps'\?$"):
+        llm_config_from_dict({"batch_sise": 8, "statc_steps": 10})
+
+
+def test_unrelated_key_gets_no_suggestion():
+    with pytest.raises(ValueError) as caught:
+        llm_config_from_dict({"zzzz": 1})
+
+    assert "Did you mean" not in str(caught.value)
+
+
+def test_misspelt_task_gets_suggestion(tmp_path):
+    with pytest.raises(ValueError, match=r"Did you mean 'sequential'\?$"):
+        TasksConfig(templates=str(tmp_path / "t.yaml"), mixture={"sequental": TaskSpec(), "sequential": TaskSpec()})
+
+
 def test_eval_checked_only_with_evaluate_stage():
     cfg = compose_train(["+eval.bem_width=3"])
 

@@ -35,6 +35,22 @@ def test_every_stage_marks_done(tiny_run):
         assert (run_dir / stage / "DONE.json").is_file(), stage
 
 
+def test_llm_checkpoints_sit_in_their_own_folder(tiny_run):
+    run_dir, _, _ = tiny_run
+    stages = [folder for folder in (run_dir / "llm").iterdir() if folder.name.startswith("stage")]
+
+    assert stages
+    for folder in stages:
+        assert (folder / "checkpoints" / "last.ckpt").is_file(), folder
+        assert not list(folder.glob("*.ckpt")), folder
+
+
+def test_fresh_run_has_no_checkpoint_folder_warning(tiny_run):
+    _, _, result = tiny_run
+
+    assert "exists and is not empty" not in result.stderr + result.stdout
+
+
 def test_metrics_cover_every_requested_user(tiny_run):
     run_dir, _, result = tiny_run
     metrics = json.loads((run_dir / "evaluate" / "metrics.json").read_text())

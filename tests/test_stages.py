@@ -8,6 +8,7 @@ from omegaconf import OmegaConf
 from ttds.stages.checks import check_stage_configs
 from ttds.stages.context import RunContext
 from ttds.stages.data import check_run_dataset
+from ttds.stages.llm import resume_path
 from ttds.stages.runner import selected_stages
 
 
@@ -39,3 +40,21 @@ def test_selected_stages_include_prerequisites():
     assert selected_stages("all") == ["data", "tokenize", "llm", "evaluate"]
     with pytest.raises(ValueError, match="stage='evalute' is unknown"):
         selected_stages("evalute")
+
+
+def testresume_path_prefers_checkpoint_folder(tmp_path):
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "last.ckpt").write_bytes(b"new")
+    (tmp_path / "last.ckpt").write_bytes(b"old")
+
+    assert resume_path(tmp_path) == tmp_path / "checkpoints" / "last.ckpt"
+
+
+def testresume_path_reads_runs_from_before_the_checkpoint_folder(tmp_path):
+    (tmp_path / "last.ckpt").write_bytes(b"old")
+
+    assert resume_path(tmp_path) == tmp_path / "last.ckpt"
+
+
+def testresume_path_is_none_for_a_fresh_stage(tmp_path):
+    assert resume_path(tmp_path) is None

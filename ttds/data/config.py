@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import difflib
 import numbers
 import types
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import MISSING, Field, dataclass, field, fields
 from typing import Any
 
@@ -63,7 +64,7 @@ def build_strict(cls: type, values: dict[str, Any], where: str) -> Any:
     known = {f.name for f in fields(cls)}
     unknown = sorted(set(values) - known)
     if unknown:
-        raise ValueError(f"{where} has unknown keys {unknown}; valid keys are {sorted(known)}.")
+        raise ValueError(f"{where} has unknown keys {unknown}; valid keys are {sorted(known)}.{closest_hint(unknown, known)}")
 
     # get_type_hints resolves the string annotations that `from __future__ import annotations` leaves.
     hints = typing.get_type_hints(cls)
@@ -71,6 +72,16 @@ def build_strict(cls: type, values: dict[str, Any], where: str) -> Any:
         if item.name in values:
             check_value_type(values[item.name], hints[item.name], f"{where}.{item.name}", _field_default(item))
     return cls(**values)
+
+
+def closest_hint(unknown: Sequence[str], known: Collection[str]) -> str:
+    """Return " Did you mean ...?" naming the closest known name for each misspelt one, or "" when none is close."""
+    pairs = []
+    for name in unknown:
+        close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.6)
+        if close:
+            pairs.append(f"{close[0]!r} for {name!r}" if len(unknown) > 1 else repr(close[0]))
+    return f" Did you mean {', '.join(pairs)}?" if pairs else ""
 
 
 def check_value_type(value: Any, annotation: Any, key: str, example: Any = None) -> None:

@@ -33,6 +33,8 @@ from ttds.training.timing import StepTimer
 
 log = logging.getLogger(__name__)
 
+CHECKPOINT_DIR = "checkpoints"  # resumable Lightning checkpoints, inside each stage folder
+
 
 def id_token_list(tables: dict[str, SemanticIdTable], suffix_tokens: int, with_users: bool = True) -> list[str]:
     """List every ID token of the item table (suffix vocabulary widened to ``suffix_tokens``) and of the user table."""
@@ -45,8 +47,10 @@ def id_token_list(tables: dict[str, SemanticIdTable], suffix_tokens: int, with_u
 
 def _trainer(ctx: RunContext, max_steps: int, folder: Path, datamodule: PromptDataModule, llm_cfg) -> L.Trainer:
     trainer_cfg = ctx.cfg.trainer
+    # Checkpoints get their own folder: the CSV logs sit in `folder` before the first checkpoint, and Lightning warns
+    # about a non-empty checkpoint folder on every fresh run otherwise.
     checkpoint = L.pytorch.callbacks.ModelCheckpoint(
-        dirpath=folder, filename="step-{step}", every_n_train_steps=llm_cfg.checkpoint_every_n_steps, save_top_k=1, monitor="step", mode="max", save_last=True
+        dirpath=folder / CHECKPOINT_DIR, filename="step-{step}", every_n_train_steps=llm_cfg.checkpoint_every_n_steps, save_top_k=1, monitor="step", mode="max", save_last=True
     )
     return L.Trainer(
         accelerator=trainer_cfg.accelerator,
@@ -68,9 +72,15 @@ def _trainer(ctx: RunContext, max_steps: int, folder: Path, datamodule: PromptDa
     )
 
 
-def _resume_path(folder: Path) -> Path | None:
-    last = folder / "last.ckpt"
-    return last if last.is_file() else None
+def resume_path(folder: Path) -> Path | None:
+    """Return the checkpoint a stage in ``folder`` resumes from, or None when it starts fresh.
+
+    Runs started before checkpoints moved into their own folder keep last.ckpt in ``folder`` itself.
+    """
+    for last in (folder / CHECKPOINT_DIR / "last.ckpt", folder / "last.ckpt"):
+        if last.is_file():
+            return last
+    return None
 
 
 TRAINING_GROUPS = ("llm", "backbone", "tasks")  # config groups that shape the trained model
@@ -188,7 +198,7 @@ def run(ctx: RunContext) -> dict:
         )
         data = PromptDataModule(PromptDataset(records, vocab, seed=int(ctx.cfg.seed)), collator, llm_cfg.batch_size, int(ctx.cfg.seed), llm_cfg.num_workers)
         folder = out / "stage1"
-        _trainer(ctx, llm_cfg.dynamic_steps, folder, data, llm_cfg).fit(module, datamodule=data, ckpt_path=_resume_path(folder))
+        _trainer(ctx, llm_cfg.dynamic_steps, folder, data, llm_cfg).fit(module, datamodule=data, ckpt_path=resume_path(folder))
 
         # Freeze: recompute every ID once, deterministically, from the final LM embeddings.
         module.refresh()
@@ -209,7 +219,7 @@ def run(ctx: RunContext) -> dict:
     module = RecommenderModule(model, llm_cfg, llm_cfg.static_steps)
     data = PromptDataModule(PromptDataset(records, vocab, seed=int(ctx.cfg.seed) + 1), collator, llm_cfg.batch_size, int(ctx.cfg.seed) + 1, llm_cfg.num_workers)
     folder = out / "stage2"
-    _trainer(ctx, llm_cfg.static_steps, folder, data, llm_cfg).fit(module, datamodule=data, ckpt_path=_resume_path(folder))
+    _trainer(ctx, llm_cfg.static_steps, folder, data, llm_cfg).fit(module, datamodule=data, ckpt_path=resume_path(folder))
 
     save_adapter_checkpoint(out / "adapter", model, tokenizer, tokens, backbone_cfg, frozen_hash)
     summary |= {"table_hash": frozen_hash, "id_tokens": len(tokens)} | {f"{side}_collisions": tables[side].collision_report() for side in SIDES}

@@ -12,6 +12,7 @@ from pathlib import Path
 import lightning as L
 from omegaconf import DictConfig
 
+from ttds.data.config import closest_hint
 from ttds.stages.checks import check_stage_configs
 from ttds.stages.context import RunContext
 
@@ -39,7 +40,7 @@ def selected_stages(stage: str) -> list[str]:
     if stage == "all":
         return names
     if stage not in STAGES:
-        raise ValueError(f"stage={stage!r} is unknown; use one of {names + ['all']}.")
+        raise ValueError(f"stage={stage!r} is unknown; use one of {names + ['all']}.{closest_hint([stage], names + ['all'])}")
     return names[: names.index(stage) + 1]
 
 

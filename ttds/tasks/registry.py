@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ttds.data.config import build_strict
+from ttds.data.config import build_strict, closest_hint
 from ttds.tasks.alignment import IdToTitle, ItemToId, TextToUser, UserToText
 from ttds.tasks.base import Example, Task, TemplateSet, Vocabulary, tidy_prompt
 from ttds.tasks.high_order import ItemToItems, ItemToUser, UserToUsers
@@ -61,7 +61,7 @@ class TasksConfig:
         self.mixture = {name: spec if isinstance(spec, TaskSpec) else build_strict(TaskSpec, dict(spec), f"tasks.mixture.{name}") for name, spec in self.mixture.items()}
         unknown = sorted(set(self.mixture) - set(TASKS))
         if unknown:
-            raise ValueError(f"tasks.mixture has unknown tasks {unknown}; valid tasks are {sorted(TASKS)}.")
+            raise ValueError(f"tasks.mixture has unknown tasks {unknown}; valid tasks are {sorted(TASKS)}.{closest_hint(unknown, TASKS)}")
         if "sequential" not in self.mixture or self.mixture["sequential"].weight <= 0:
             raise ValueError("tasks.mixture.sequential must be present with weight > 0: it is the task that is evaluated.")
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import polars as pl
 
-from ttds.data.config import DatasetConfig
+from ttds.data.config import DatasetConfig, closest_hint
 from ttds.data.schema import DataFormatError
 
 GZIP_MAGIC = b"\x1f\x8b"
@@ -289,5 +289,5 @@ def merged_options(cfg: DatasetConfig, defaults: dict[str, Any]) -> dict[str, An
     """Return ``defaults`` updated with ``cfg.options``, rejecting keys the reader of ``cfg.format`` does not take."""
     unknown = sorted(set(cfg.options) - set(defaults))
     if unknown:
-        raise ValueError(f"dataset.options has unknown keys {unknown} for format '{cfg.format}'; valid keys are {sorted(defaults)}.")
+        raise ValueError(f"dataset.options has unknown keys {unknown} for format '{cfg.format}'; valid keys are {sorted(defaults)}.{closest_hint(unknown, defaults)}")
     return {**defaults, **cfg.options}
