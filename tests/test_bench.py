@@ -3,20 +3,27 @@
 import json
 import logging
 import math
+import os
 import re
 import shutil
+import subprocess
+import sys
 
 import pytest
 from hydra import compose, initialize_config_dir
-from omegaconf import open_dict
+from omegaconf import OmegaConf, open_dict
 
+from ttds.baselines import BASELINES
 from ttds.bench.report import code_usage, mean_std, replace_section, training_curve
-from ttds.bench.runner import BenchConfig, ModelSpec, run_benchmark, train_command
+from ttds.bench.runner import BASELINE_OPTION_CHECKS, BENCH_KEYS, BenchConfig, ModelSpec, run_benchmark, train_command
 from ttds.paths import CONF_DIR, REPO_ROOT, register_resolvers
 
 DATASET_OVERRIDES = ["dataset=movietweetings_100k", "dataset.preprocess.kcore=20"]
 TINY_SASREC = {"hidden": 8, "layers": 1, "heads": 1, "max_len": 20, "epochs": 1, "batch_size": 256}
 SEEDS = [0, 1]
+# A bench command that fails in its checks, or whose one train.py run fails in the data stage. Measured at about 15 s on
+# 2 busy cores.
+TIMEOUT_S = 300
 
 
 def compose_config(name: str, overrides: list[str]):
@@ -224,3 +231,206 @@ def test_lm_model_runs_through_train_py(tmp_path):
     assert (run_dir / "llm" / "adapter").is_dir()
     assert metrics["test"]["n_users"] == 32  # tiny evaluates the first 32 users
     assert "| tiger |" in report
+
+
+# Bad settings fail with one message that names the key, before any run starts.
+
+
+def bench_error(tmp_path, extra: list[str]) -> str:
+    """Return the message of the ValueError that BenchConfig raises for the bench config with ``extra`` overrides."""
+    with pytest.raises(ValueError) as caught:
+        BenchConfig.from_dictconfig(bench_config(tmp_path, extra))
+    return str(caught.value)
+
+
+def run_error(tmp_path, cfg) -> str:
+    """Return the message of the ValueError that run_benchmark raises for ``cfg``, after checking that no run started."""
+    with pytest.raises(ValueError) as caught:
+        run_benchmark(cfg, DATASET_OVERRIDES, "python -m ttds.bench (bad settings test)")
+    assert not list((tmp_path / "out").glob("*/seed*/bench_run.json"))
+    return str(caught.value)
+
+
+def run_bench_command(tmp_path, overrides: list[str]) -> subprocess.CompletedProcess:
+    """Run ``python -m ttds.bench`` with its results, report and caches inside ``tmp_path``."""
+    env = {key: value for key, value in os.environ.items() if key != "HYDRA_FULL_ERROR"}
+    env["OMP_NUM_THREADS"] = "1"
+    paths = [f"out={tmp_path / 'out'}", "benchmarks_md=null", f"paths.cache_dir={tmp_path / 'cache'}"]
+    command = [sys.executable, "-m", "ttds.bench", *DATASET_OVERRIDES, *paths, *overrides]
+    return subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
+
+
+@pytest.mark.parametrize("value", ["no", "maybe"])
+def test_report_only_rejects_string(tmp_path, value):
+    message = bench_error(tmp_path, [f"report_only={value}"])
+
+    assert message == f"report_only='{value}' must be a boolean; set it to true or false."
+
+
+def test_seeds_rejects_scalar(tmp_path):
+    message = bench_error(tmp_path, ["seeds=0"])
+
+    assert message.startswith("seeds=0 must be a list")
+    assert "[0, 1, 2]" in message
+
+
+def test_seeds_rejects_word(tmp_path):
+    message = bench_error(tmp_path, ["seeds=[a]"])
+
+    assert message.startswith("seeds[0]='a' must be an integer")
+
+
+def test_seeds_rejects_negative(tmp_path):
+    message = bench_error(tmp_path, ["seeds=[-1]"])
+
+    assert message.startswith("seeds=[-1] has a seed outside 0..4294967295")
+
+
+def test_models_rejects_bare_name(tmp_path):
+    message = bench_error(tmp_path, ["models=mostpop"])
+
+    assert message.startswith("models='mostpop' must be a list")
+    assert "['mostpop', 'sasrec']" in message
+
+
+def test_models_rejects_repeat(tmp_path):
+    message = bench_error(tmp_path, ["models=[mostpop,mostpop]"])
+
+    assert message.startswith("models=['mostpop', 'mostpop'] names a model more than once")
+
+
+def test_unknown_top_level_key_gets_suggestion(tmp_path):
+    message = bench_error(tmp_path, ["+modles=x"])
+
+    assert "unknown top-level keys ['modles']" in message
+    assert message.endswith("Did you mean 'models'?")
+
+
+def test_unknown_paths_key_gets_suggestion(tmp_path):
+    message = bench_error(tmp_path, ["+paths.cach_dir=/tmp/unused"])
+
+    assert "paths has unknown keys ['cach_dir']" in message
+    assert message.endswith("Did you mean 'cache_dir'?")
+
+
+def test_misspelt_model_gets_suggestion(tmp_path):
+    message = bench_error(tmp_path, ["models=[mostpop,sasrek]"])
+
+    assert "models ['sasrek'] are not in conf/bench.yaml `registry`" in message
+    assert message.endswith("Did you mean 'sasrec'?")
+
+
+def test_misspelt_base_experiment_gets_suggestion(tmp_path):
+    message = bench_error(tmp_path, ["base_experiment=tinny"])
+
+    assert message.startswith("base_experiment='tinny' is not in")
+    assert message.endswith("Did you mean 'tiny'?")
+
+
+def test_misspelt_registry_experiment_gets_suggestion(tmp_path):
+    message = bench_error(tmp_path, ["registry.tiger.experiments=[tigr]"])
+
+    assert message.startswith("experiments='tigr' is not in")
+    assert message.endswith("Did you mean 'tiger'?")
+
+
+def test_bench_keys_match_bench_yaml():
+    values = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "bench.yaml"))
+    yaml_keys = set(values) - {"defaults", "hydra"}
+
+    assert set(BENCH_KEYS) == yaml_keys | {"dataset"}
+
+
+def test_every_baseline_has_option_check():
+    assert set(BASELINE_OPTION_CHECKS) == set(BASELINES)
+
+
+def test_misspelt_sasrec_option_fails_before_runs(tmp_path):
+    cfg = bench_config(tmp_path)
+    with open_dict(cfg):
+        cfg.registry.sasrec.options.sasrec.epoch = 1
+
+    message = run_error(tmp_path, cfg)
+
+    assert message.startswith("registry.sasrec.options.sasrec has unknown keys ['epoch']")
+    assert message.endswith("Did you mean 'epochs'?")
+
+
+def test_bad_sasrec_option_type_fails_before_runs(tmp_path):
+    cfg = bench_config(tmp_path)
+    with open_dict(cfg):
+        cfg.registry.sasrec.options.sasrec.epochs = "x"
+
+    message = run_error(tmp_path, cfg)
+
+    assert message.startswith("registry.sasrec.options.sasrec.epochs='x' must be an integer")
+
+
+def test_misspelt_mostpop_option_fails_before_runs(tmp_path):
+    cfg = bench_config(tmp_path, ["+registry.mostpop.options.cutofs=[1]"])
+
+    message = run_error(tmp_path, cfg)
+
+    assert message.startswith("registry.mostpop.options has unknown keys ['cutofs']")
+    assert message.endswith("Did you mean 'cutoffs'?")
+
+
+def test_misspelt_train_override_fails_before_runs(tmp_path):
+    cfg = bench_config(tmp_path, ["models=[mostpop,ttds]", "base_experiment=tiny", 'train_overrides=["llm.statc_steps=1"]'])
+
+    message = run_error(tmp_path, cfg)
+
+    assert message.startswith("train_overrides: the train.py config of model 'ttds' has no key 'llm.statc_steps'.")
+    assert "Did you mean 'static_steps'?" in message
+
+
+def test_misspelt_registry_override_names_entry(tmp_path):
+    cfg = bench_config(tmp_path, ["models=[ttds]", "base_experiment=tiny", '+registry.ttds.overrides=["llm.statc_steps=1"]'])
+
+    message = run_error(tmp_path, cfg)
+
+    assert message.startswith("registry.ttds.overrides: the train.py config of model 'ttds' has no key 'llm.statc_steps'.")
+
+
+def test_misspelt_train_group_option_gets_suggestion(tmp_path):
+    cfg = bench_config(tmp_path, ["models=[ttds]", "base_experiment=tiny", 'train_overrides=["trainer=gpuu"]'])
+
+    message = run_error(tmp_path, cfg)
+
+    assert message.startswith("train_overrides sets trainer=gpuu, which is not in conf/trainer")
+    assert message.endswith("Did you mean 'gpu'?")
+
+
+def test_bad_train_override_type_fails_before_runs(tmp_path):
+    cfg = bench_config(tmp_path, ["models=[ttds]", "base_experiment=tiny", 'train_overrides=["llm.static_steps=x"]'])
+
+    message = run_error(tmp_path, cfg)
+
+    assert message.startswith("the train.py config of model 'ttds' is invalid: llm.static_steps='x' must be an integer")
+
+
+def test_bad_setting_gives_one_error_line(tmp_path):
+    result = run_bench_command(tmp_path, ["report_only=no"])
+    output = result.stdout + result.stderr
+
+    assert result.returncode == 1, output
+    assert "error: report_only='no' must be a boolean" in output
+    assert "Traceback" not in output
+    assert len([line for line in output.splitlines() if "error:" in line]) == 1, output
+
+
+def test_failed_lm_run_ends_in_one_error_line(tmp_path):
+    """A train.py run that fails after the checks, here on a missing dataset folder, ends the bench without a traceback."""
+    missing = tmp_path / "no_such_dataset"
+    result = run_bench_command(tmp_path, ["models=[ttds]", "seeds=[0]", "base_experiment=tiny", f"dataset.path={missing}"])
+    output = result.stdout + result.stderr
+    train_log = tmp_path / "out" / "ttds" / "seed0" / "train.log"
+    errors = [line for line in output.splitlines() if "error:" in line]
+
+    assert result.returncode == 1, output
+    assert "Traceback" not in output
+    assert len(errors) == 1, output
+    assert "1 of the benchmark runs failed. ttds seed 0: train.py exited with code 1" in errors[0]
+    assert f"Its output is in {train_log}" in errors[0]
+    assert str(missing) in errors[0]
+    assert json.loads((train_log.parent / "bench_run.json").read_text())["status"] == "failed"

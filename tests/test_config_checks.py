@@ -1,11 +1,13 @@
 """Config checks before the first stage: value types in build_strict, the eval group and the task templates."""
 
+import dataclasses
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
@@ -13,10 +15,11 @@ from ttds.backbone.config import backbone_config_from_dict
 from ttds.eval.config import EvalConfig, eval_config_from_dict
 from ttds.llm.config import llm_config_from_dict
 from ttds.paths import CONF_DIR, REPO_ROOT, register_resolvers
-from ttds.stages.checks import check_stage_configs, check_task_templates, template_placeholders
+from ttds.stages.checks import check_known_keys, check_stage_configs, check_task_templates, template_placeholders
 from ttds.tasks.base import Vocabulary
 from ttds.tasks.registry import TASKS, TasksConfig, TaskSpec
 from ttds.tokenizer.towers import tower_config_from_dict
+from ttds.training.trainer_config import TrainerConfig, trainer_config_from_dict
 
 ALL_STAGES = ["data", "tokenize", "llm", "evaluate"]
 TIMEOUT_S = 120  # train.py fails in the config checks, measured at about 8 s on 2 busy cores
@@ -282,3 +285,92 @@ def test_task_fields_are_filled_by_render():
         template = " ".join(f"{{{field}}}" for field in task.fields)
         prompt, _ = task.render(records[name], vocab, template)  # raises KeyError for a field that render does not fill
         assert "{" not in prompt, name
+
+
+# Keys without a typed config of their own: top level, paths, tokenizer, trainer.
+
+
+def test_unknown_top_level_key_is_rejected():
+    cfg = compose_train(["+sed=1"])
+
+    with pytest.raises(ValueError, match=r"the run config has unknown keys \['sed'\].*Did you mean 'seed'\?$"):
+        check_stage_configs(cfg, ALL_STAGES)
+
+
+def test_unknown_paths_key_is_rejected():
+    cfg = compose_train(["+paths.cache=x"])
+
+    with pytest.raises(ValueError, match=r"paths has unknown keys \['cache'\]"):
+        check_stage_configs(cfg, ["data"])
+
+
+def test_unknown_tokenizer_group_is_rejected():
+    cfg = compose_train(["+tokenizer.sasrc.epochs=1"])
+
+    with pytest.raises(ValueError, match=r"tokenizer has unknown keys \['sasrc'\].*Did you mean 'sasrec'\?$"):
+        check_stage_configs(cfg, ["data"])
+
+
+def test_seed_must_be_an_integer():
+    cfg = compose_train(["seed=abc"])
+
+    with pytest.raises(ValueError, match=r"^seed='abc' must be an integer"):
+        check_stage_configs(cfg, ["data"])
+
+
+def test_unknown_trainer_key_is_rejected():
+    cfg = compose_train(["+trainer.max_epoch=3"])
+
+    with pytest.raises(ValueError, match=r"trainer has unknown keys \['max_epoch'\].*Did you mean 'max_epochs'\?$"):
+        check_stage_configs(cfg, ["data"])
+
+
+def test_unknown_accelerator_is_rejected():
+    with pytest.raises(ValueError, match=r"trainer.accelerator='gpus' is unknown.*Did you mean 'gpu'\?$"):
+        trainer_config_from_dict({"accelerator": "gpus"})
+
+
+def test_unknown_precision_is_rejected():
+    with pytest.raises(ValueError, match=r"trainer.precision='bf16' is unknown.*Did you mean 'bf16-true'"):
+        trainer_config_from_dict({"precision": "bf16"})
+
+
+def test_zero_devices_are_rejected():
+    with pytest.raises(ValueError, match=r"^trainer.devices=0 must be at least 1\.$"):
+        trainer_config_from_dict({"devices": 0})
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without CUDA")
+def test_gpu_trainer_without_cuda_is_rejected_before_training():
+    cfg = compose_train(["trainer=gpu"])
+
+    with pytest.raises(ValueError, match=r"needs a CUDA device, and torch sees none; use trainer=cpu"):
+        check_stage_configs(cfg, ["data"])
+
+
+@pytest.mark.parametrize("name", ["cpu", "gpu", "ddp", "fsdp"])
+def test_shipped_trainer_configs_have_known_keys(name):
+    values = OmegaConf.to_container(compose_train([f"trainer={name}"]).trainer)
+
+    assert set(values) <= {f.name for f in dataclasses.fields(TrainerConfig)}
+
+
+def test_shipped_experiments_pass_the_key_checks():
+    for path in sorted((CONF_DIR / "experiment").glob("*.yaml")):
+        cfg = compose_train([f"experiment={path.stem}"])
+
+        check_known_keys(cfg)
+
+
+def test_option_of_format_without_options_is_rejected():
+    cfg = compose_train(["+dataset.options.delimter=x"])
+
+    with pytest.raises(ValueError, match=r"dataset.options has unknown keys \['delimter'\] for format 'movietweetings', which takes no options"):
+        check_stage_configs(cfg, ["data"])
+
+
+def test_misspelt_reader_option_fails_before_the_data_stage():
+    cfg = compose_train(["dataset=online_retail", "+dataset.options.delimter=x"])
+
+    with pytest.raises(ValueError, match=r"Did you mean 'delimiter'\?$"):
+        check_stage_configs(cfg, ["data"])

@@ -72,6 +72,25 @@ def test_reused_llm_stage_warns_about_changed_settings(tiny_run, tmp_path):
     assert "llm.static_steps" in output
 
 
+def test_reused_tokenize_stage_warns_about_changed_settings(tiny_run, tmp_path):
+    run_dir, env, _ = tiny_run
+    result = _run(
+        ["train.py", "experiment=tiny", f"paths.run_dir={run_dir}", f"hydra.run.dir={tmp_path / 'hydra'}", "stage=tokenize", "tokenizer.item.latent_dim=8"],
+        env,
+    )
+    output = result.stdout + result.stderr
+
+    assert "the tokenize stage" in output
+    assert "tokenizer.item.latent_dim: 16 -> 8" in output
+
+
+def test_reused_stages_with_same_settings_do_not_warn(tiny_run, tmp_path):
+    run_dir, env, _ = tiny_run
+    result = _run(["train.py", "experiment=tiny", f"paths.run_dir={run_dir}", f"hydra.run.dir={tmp_path / 'hydra'}", "stage=llm"], env)
+
+    assert "have no effect" not in result.stdout + result.stderr
+
+
 def test_adapter_checkpoint_has_no_pickles(tiny_run):
     run_dir, _, _ = tiny_run
     files = [p for p in (run_dir / "llm").rglob("*") if p.is_file()]

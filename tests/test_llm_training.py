@@ -9,7 +9,7 @@ from ttds.checkpoint_io import SafetensorsCheckpointIO
 from ttds.llm.config import LLMConfig
 from ttds.llm.data import PromptDataModule
 from ttds.llm.recommender import RecommenderModule, clip_each_group
-from ttds.stages.llm import changed_settings
+from ttds.stages.reuse import changed_settings
 
 pytestmark = pytest.mark.slow
 

@@ -8,12 +8,14 @@ import os
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, MissingMandatoryValue
 
 log = logging.getLogger(__name__)
 
-# Errors that ttds raises for bad input (config values, paths, run directories), and omegaconf's errors for missing
-# or unknown keys. omegaconf's ValidationError and interpolation errors subclass ValueError, so they are covered too.
+# Errors that ttds raises for bad input (config values, paths, run directories), omegaconf's errors for missing
+# or unknown keys, and Lightning's for Trainer settings. omegaconf's ValidationError and interpolation errors
+# subclass ValueError, so they are covered too.
 INPUT_ERRORS: tuple[type[BaseException], ...] = (
     ValueError,
     FileNotFoundError,
@@ -24,6 +26,7 @@ INPUT_ERRORS: tuple[type[BaseException], ...] = (
     ConfigAttributeError,
     ConfigKeyError,
     MissingMandatoryValue,
+    MisconfigurationException,  # Lightning's error for Trainer settings it cannot honour
 )
 
 Main = TypeVar("Main", bound=Callable[..., Any])
@@ -39,21 +42,27 @@ def one_line(message: str) -> str:
     return "; ".join(line.strip() for line in message.splitlines() if line.strip())
 
 
-def exit_on_input_error(main: Main) -> Main:
-    """Wrap a Hydra task function so that an input error is logged as one ERROR line and the process exits with status 1.
+def exit_on_errors(errors: tuple[type[BaseException], ...]) -> Callable[[Main], Main]:
+    """Return a decorator that logs any of ``errors`` as one ERROR line and exits with status 1.
 
-    Put it below ``@hydra.main``. Other exceptions, and every exception when HYDRA_FULL_ERROR=1, propagate to Hydra,
-    which prints the traceback. SystemExit is not an Exception, so it passes through Hydra's handlers.
+    Put the decorator below ``@hydra.main``. Other exceptions, and every exception when HYDRA_FULL_ERROR=1, propagate
+    to Hydra, which prints the traceback. SystemExit is not an Exception, so it passes through Hydra's handlers.
     """
 
-    @functools.wraps(main)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return main(*args, **kwargs)
-        except INPUT_ERRORS as error:
-            if full_error_requested():
-                raise
-            log.error("error: %s", one_line(str(error)))
-            raise SystemExit(1) from None
+    def decorate(main: Main) -> Main:
+        @functools.wraps(main)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return main(*args, **kwargs)
+            except errors as error:
+                if full_error_requested():
+                    raise
+                log.error("error: %s", one_line(str(error)))
+                raise SystemExit(1) from None
 
-    return wrapper  # type: ignore[return-value]
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
+
+
+exit_on_input_error = exit_on_errors(INPUT_ERRORS)  # for train.py and serve.py

@@ -17,6 +17,7 @@ from ttds.data.config import dataset_config_from_dict
 from ttds.data.dataset import ProcessedDataset
 from ttds.data.pipeline import load_processed
 from ttds.decoding.results import recommendations_frame
+from ttds.serve_config import OUTPUT_FORMATS, serve_config_from_cfg
 from ttds.stages.context import RunContext
 from ttds.stages.data import check_run_dataset
 from ttds.stages.evaluate import build_recommender
@@ -24,8 +25,6 @@ from ttds.stages.loading import load_trained
 
 log = logging.getLogger(__name__)
 
-OUTPUT_FORMATS = (".parquet", ".jsonl", ".csv")
-UNKNOWN_USER_POLICIES = ("error", "popular")
 OUTPUT_SCHEMA = {
     "user_id": pl.Utf8,
     "rank": pl.Int32,
@@ -137,26 +136,21 @@ def count_short_lists(frames: list[pl.DataFrame], n_users: int, top_k: int) -> i
 
 def serve(cfg: DictConfig) -> Path:
     """Write top-K recommendations for the requested users of a trained run; returns the output path."""
-    if cfg.unknown_users not in UNKNOWN_USER_POLICIES:
-        raise ValueError(f"unknown_users={cfg.unknown_users!r} is not one of {UNKNOWN_USER_POLICIES}.")
-    if OmegaConf.is_missing(cfg, "run_dir"):
-        raise ValueError("run_dir is missing; pass run_dir=<the run directory of a finished `python train.py` run>.")
-    run_dir = Path(cfg.run_dir)
+    config = serve_config_from_cfg(cfg)
+    # Set on the root logger so that log_level also applies to the libraries that serve() calls.
+    logging.getLogger().setLevel(config.log_level)
+
+    run_dir = Path(config.run_dir)
     if not run_dir.is_dir():
         raise FileNotFoundError(f"run_dir={run_dir} does not exist; pass the run directory that `python train.py` logged.")
-    for key in ("top_k", "chunk_size", "batch_size"):
-        if int(cfg[key]) < 1:
-            raise ValueError(f"{key}={cfg[key]} is invalid; pass a positive integer, e.g. {key}=10.")
-    if cfg.beam_width < cfg.top_k:
-        raise ValueError(f"beam_width={cfg.beam_width} is below top_k={cfg.top_k}; set beam_width>={cfg.top_k}.")
     config_path = run_dir / "llm" / "config.json"
     if not config_path.is_file():
         raise FileNotFoundError(f"{config_path} not found; run_dir must be a run whose llm stage finished.")
     train_cfg = OmegaConf.create(json.loads(config_path.read_text()))
-    OmegaConf.update(train_cfg, "eval.beam_width", int(cfg.beam_width))
-    OmegaConf.update(train_cfg, "eval.top_k", [int(cfg.top_k)])
-    OmegaConf.update(train_cfg, "eval.batch_size", int(cfg.batch_size))
-    OmegaConf.update(train_cfg, "eval.exclude_history", bool(cfg.exclude_history))
+    OmegaConf.update(train_cfg, "eval.beam_width", config.beam_width)
+    OmegaConf.update(train_cfg, "eval.top_k", [config.top_k])
+    OmegaConf.update(train_cfg, "eval.batch_size", config.batch_size)
+    OmegaConf.update(train_cfg, "eval.exclude_history", config.exclude_history)
 
     ctx = RunContext(cfg=train_cfg, run_dir=run_dir, cache_dir=Path(train_cfg.paths.cache_dir))
     dataset_cfg = dataset_config_from_dict(OmegaConf.to_container(train_cfg.dataset, resolve=True))
@@ -165,29 +159,29 @@ def serve(cfg: DictConfig) -> Path:
     ctx.artefacts["dataset"] = dataset
     histories = user_histories(dataset, int(train_cfg.dataset.preprocess.max_history))
     known = dict(zip(histories["user_id"].to_list(), range(histories.height), strict=True))
-    requested = read_user_ids(cfg.users)
+    requested = read_user_ids(config.users)
     if requested is None:
         requested = histories["user_id"].to_list()
     unique = list(dict.fromkeys(requested))
     if len(unique) < len(requested):
-        log.warning("users=%s lists %d user ids more than once; each gets one set of recommendations", cfg.users, len(requested) - len(unique))
+        log.warning("users=%s lists %d user ids more than once; each gets one set of recommendations", config.users, len(requested) - len(unique))
         requested = unique
     unknown = [user for user in requested if user not in known]
-    if unknown and cfg.unknown_users == "error":
+    if unknown and config.unknown_users == "error":
         raise ValueError(
             f"{len(unknown)} requested users are not in the training data of {run_dir}, e.g. {unknown[:5]}; "
             "remove them or pass unknown_users=popular to give them the most popular items (flagged cold_start)."
         )
-    popular = popular_items(dataset, int(cfg.top_k))
+    popular = popular_items(dataset, config.top_k)
 
     # The model loads only after the requested users passed their checks, so a bad users file fails in seconds.
     recommender = build_recommender(ctx, load_trained(ctx))
 
-    writer = ChunkWriter(Path(cfg.output))
+    writer = ChunkWriter(Path(config.output))
     short_users = 0  # users ranked by the model who got fewer than top_k items
     progress = tqdm(total=len(requested), desc="recommend", unit="user", mininterval=5)
     try:
-        for chunk in _chunks(requested, int(cfg.chunk_size)):
+        for chunk in _chunks(requested, config.chunk_size):
             rows = [known[user] for user in chunk if user in known]
             frames = []
             if rows:
@@ -196,7 +190,7 @@ def serve(cfg: DictConfig) -> Path:
                 for span, result in recommender.batches(user_idx, part["history"].to_list(), part["seen"].to_list()):
                     recs = recommendations_frame(result, dataset.items, [user_idx[i] for i in span])
                     frames.append(recs.join(dataset.users.select("user_idx", "user_id"), on="user_idx").with_columns(pl.lit(False).alias("cold_start")))
-                short_users += count_short_lists(frames, len(rows), int(cfg.top_k))
+                short_users += count_short_lists(frames, len(rows), config.top_k)
             cold = [user for user in chunk if user not in known]
             if cold:
                 frames.append(
@@ -220,8 +214,8 @@ def serve(cfg: DictConfig) -> Path:
             "%d users got fewer than top_k=%d items, because the beam of beam_width=%d held fewer valid items "
             "(exclude_history=%s removes seen items from it); raise beam_width for full lists",
             short_users,
-            cfg.top_k,
-            cfg.beam_width,
-            cfg.exclude_history,
+            config.top_k,
+            config.beam_width,
+            config.exclude_history,
         )
     return path

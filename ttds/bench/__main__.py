@@ -3,6 +3,7 @@
 The settings and the model registry are in conf/bench.yaml; see ttds/bench/runner.py for what each run writes.
 """
 
+import logging
 import shlex
 import sys
 
@@ -10,9 +11,11 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from ttds.bench.runner import run_benchmark
-from ttds.cli import exit_on_input_error
+from ttds.bench.runner import BenchmarkRunsFailed, run_benchmark
+from ttds.cli import INPUT_ERRORS, exit_on_errors
 from ttds.paths import CONF_DIR, register_resolvers
+
+log = logging.getLogger(__name__)
 
 register_resolvers()
 
@@ -24,7 +27,8 @@ def dataset_overrides(overrides: list[str]) -> list[str]:
 
 
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="bench")
-@exit_on_input_error
+# Failed runs have logged their own errors; the summary of them ends the command in one line, as input errors do.
+@exit_on_errors((*INPUT_ERRORS, BenchmarkRunsFailed))
 def main(cfg: DictConfig) -> None:
     overrides = list(HydraConfig.get().overrides.task)
     invocation = shlex.join(["python", "-m", "ttds.bench", *sys.argv[1:]])

@@ -2,11 +2,12 @@
 
 A run directory ``<out>/<model>/seed<k>/`` contains ``evaluate/metrics.json`` in the layout of the evaluate stage and
 ``bench_run.json``: status ("running", "finished" or "failed"), command, wall time, machine and git commit.
-Baselines run in this process; a failure is logged with its traceback, recorded and the next run starts. LM
-models run ``python train.py`` as a subprocess with its output in ``train.log``. A run that did not finish is
-re-run with the same command, and train.py then reuses the stages whose DONE.json exists and resumes training
-from the last Lightning checkpoint. A finished run is reused as it is, even when conf/bench.yaml changed since.
-Delete its run directory to run it again with the new settings.
+Before the first run, check_runs builds the options of every baseline and the train.py config of every LM model
+that will run, so a bad setting fails at once. Baselines run in this process; a failure is logged with its
+traceback, recorded and the next run starts. LM models run ``python train.py`` as a subprocess with its output
+in ``train.log``. A run that did not finish is re-run with the same command, and train.py then reuses the stages
+whose DONE.json exists and resumes training from the last Lightning checkpoint. A finished run is reused as it is,
+even when conf/bench.yaml changed since. Delete its run directory to run it again with the new settings.
 """
 
 from __future__ import annotations
@@ -19,15 +20,20 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.errors import HydraException, MissingConfigException
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError
 
 from ttds.baselines import BASELINES, baseline_function
-from ttds.data.config import build_strict, dataset_config_from_dict
+from ttds.data.config import build_strict, check_value_type, closest_hint, dataset_config_from_dict
 from ttds.data.dataset import ProcessedDataset
 from ttds.data.pipeline import load_processed
 from ttds.paths import CONF_DIR, REPO_ROOT
@@ -38,6 +44,65 @@ log = logging.getLogger(__name__)
 RUN_RECORD = "bench_run.json"
 METRICS = Path("evaluate") / "metrics.json"
 TRAIN_LOG = "train.log"
+EXPERIMENT_DIR = CONF_DIR / "experiment"
+MAX_SEED = 2**32 - 1  # seed_everything of Lightning 2.x raises ValueError for seeds outside 0..2**32 - 1
+
+# Top-level keys of the composed conf/bench.yaml, with the `dataset` group -> (type, example value for type errors).
+BENCH_KEYS: dict[str, tuple[Any, Any]] = {
+    "models": (list[str], ["mostpop", "sasrec"]),
+    "seeds": (list[int], [0, 1, 2]),
+    "out": (str, None),
+    "section": (str, None),
+    "benchmarks_md": (str | None, None),
+    "base_experiment": (str | None, None),
+    "report_only": (bool, None),
+    "train_overrides": (list[str], ["trainer=gpu"]),
+    "paths": (dict[str, Any], None),  # its keys are checked by BenchPaths
+    "registry": (dict[str, dict[str, Any] | None], None),  # each entry is checked by ModelSpec
+    "dataset": (dict[str, Any], None),  # checked by DatasetConfig when the runner starts
+}
+
+
+class BenchmarkRunsFailed(RuntimeError):
+    """Raised after the report is written when some (model, seed) runs failed. The message names each run."""
+
+
+def experiment_names() -> list[str]:
+    return sorted(path.stem for path in EXPERIMENT_DIR.glob("*.yaml"))
+
+
+def check_experiment(name: str, key: str) -> None:
+    """Raise ValueError naming ``key`` when conf/experiment has no overlay ``name``, with the closest existing name."""
+    if (EXPERIMENT_DIR / f"{name}.yaml").is_file():
+        return
+    names = experiment_names()
+    raise ValueError(f"{key}={name!r} is not in {EXPERIMENT_DIR}; use one of {names}.{closest_hint([name], names)}")
+
+
+def check_bench_keys(values: dict[str, Any]) -> None:
+    """Reject top-level keys that conf/bench.yaml does not have and values of the wrong type, e.g. ``seeds=0``."""
+    unknown = sorted(set(values) - set(BENCH_KEYS))
+    if unknown:
+        raise ValueError(
+            f"unknown top-level keys {unknown} in the bench config; valid keys are {sorted(BENCH_KEYS)}.{closest_hint(unknown, BENCH_KEYS)}"
+        )
+    missing = sorted(set(BENCH_KEYS) - set(values))
+    if missing:
+        raise ValueError(f"the bench config has no keys {missing}; set them as conf/bench.yaml does.")
+
+    for key, (annotation, example) in BENCH_KEYS.items():
+        if key in values:
+            check_value_type(values[key], annotation, key, example)
+
+
+@dataclass
+class BenchPaths:
+    """The ``paths`` group of conf/bench.yaml: the same roots as conf/train.yaml."""
+
+    repo_root: str
+    shared_data: str
+    repo_data: str
+    cache_dir: str
 
 
 @dataclass
@@ -58,8 +123,7 @@ class ModelSpec:
         elif self.options:
             raise ValueError("an LM model entry has `options`, which only baselines use; pass train.py settings as `overrides`.")
         for name in self.experiments:
-            if not (CONF_DIR / "experiment" / f"{name}.yaml").is_file():
-                raise ValueError(f"experiment overlay {name!r} not found in {CONF_DIR / 'experiment'}.")
+            check_experiment(name, "experiments")
 
     @property
     def is_baseline(self) -> bool:
@@ -79,37 +143,46 @@ class BenchConfig:
     train_overrides: list[str]
     cache_dir: Path
     registry: dict[str, ModelSpec]
-    report_only: bool = False  # start no run and write the report from the runs that finished
+    report_only: bool = False  # start no run and write the report from the runs that finished, without check_runs
 
     def __post_init__(self) -> None:
         if not self.models:
             raise ValueError("models=[] is empty; name at least one model, e.g. models=[mostpop,sasrec].")
         unknown = [name for name in self.models if name not in self.registry]
         if unknown:
-            raise ValueError(f"models {unknown} are not in conf/bench.yaml `registry`; use some of {sorted(self.registry)}.")
+            hint = closest_hint(unknown, self.registry)
+            raise ValueError(f"models {unknown} are not in conf/bench.yaml `registry`; use some of {sorted(self.registry)}.{hint}")
+        if len(set(self.models)) != len(self.models):
+            raise ValueError(f"models={self.models} names a model more than once; list each model once.")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds={self.seeds} must be a non-empty list without repeats.")
-        if self.base_experiment and not (CONF_DIR / "experiment" / f"{self.base_experiment}.yaml").is_file():
-            raise ValueError(f"base_experiment={self.base_experiment!r} not found in {CONF_DIR / 'experiment'}.")
+        if not all(0 <= seed <= MAX_SEED for seed in self.seeds):
+            raise ValueError(f"seeds={self.seeds} has a seed outside 0..{MAX_SEED}; use seeds in that range.")
+        if self.base_experiment:
+            check_experiment(self.base_experiment, "base_experiment")
         if not re.fullmatch(r"[\w.\-]+", self.section):
             raise ValueError(f"section={self.section!r} may contain only letters, digits, '_', '.' and '-'.")
 
     @classmethod
     def from_dictconfig(cls, cfg: DictConfig) -> BenchConfig:
+        """Build the settings from the composed conf/bench.yaml, raising ValueError on an unknown key or a wrong type."""
         values = OmegaConf.to_container(cfg, resolve=True)
+        check_bench_keys(values)
+        paths = build_strict(BenchPaths, values["paths"], "paths")
         registry = {name: build_strict(ModelSpec, dict(entry or {}), f"registry.{name}") for name, entry in values["registry"].items()}
+
         markdown = values["benchmarks_md"]
         return cls(
             models=list(values["models"]),
-            seeds=[int(seed) for seed in values["seeds"]],
+            seeds=list(values["seeds"]),
             out=Path(values["out"]).absolute(),
-            section=str(values["section"]),
+            section=values["section"],
             benchmarks_md=Path(markdown).absolute() if markdown else None,
             base_experiment=values["base_experiment"],
             train_overrides=list(values["train_overrides"]),
-            cache_dir=Path(values["paths"]["cache_dir"]).absolute(),
+            cache_dir=Path(paths.cache_dir).absolute(),
             registry=registry,
-            report_only=bool(values.get("report_only", False)),
+            report_only=values["report_only"],
         )
 
 
@@ -171,6 +244,100 @@ def train_command(bench: BenchConfig, spec: ModelSpec, seed: int, run_dir: Path,
     return command
 
 
+def check_mostpop_options(options: dict[str, Any], where: str) -> None:
+    from ttds.baselines.mostpop import MostPopConfig
+
+    build_strict(MostPopConfig, options, where)
+
+
+def check_sasrec_options(options: dict[str, Any], where: str) -> None:
+    from ttds.baselines.sasrec import SASRecBaselineConfig
+    from ttds.models.sasrec_module import SASRecConfig
+
+    config = build_strict(SASRecBaselineConfig, options, where)
+    build_strict(SASRecConfig, {**config.sasrec, "seed": 0}, f"{where}.sasrec")  # each run sets its own seed
+
+
+# Baseline name -> check that builds its `options` as the baseline's run() does. A test requires one for every name in BASELINES.
+BASELINE_OPTION_CHECKS: dict[str, Callable[[dict[str, Any], str], None]] = {"mostpop": check_mostpop_options, "sasrec": check_sasrec_options}
+
+
+def compose_train_config(overrides: list[str]) -> DictConfig:
+    """Compose conf/train.yaml with ``overrides`` as train.py does, without starting it."""
+    # Inside `python -m ttds.bench` Hydra is initialized with CONF_DIR as its search path, which contains train.yaml too.
+    if GlobalHydra.instance().is_initialized():
+        return compose(config_name="train", overrides=overrides)
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(config_name="train", overrides=overrides)
+
+
+def override_sources(bench: BenchConfig, model: str, dataset_overrides: list[str], key: str) -> str:
+    """Name the bench settings whose train.py overrides set ``key`` or a key below it (e.g. "llm" or "trainer")."""
+    sources = {
+        "train_overrides": bench.train_overrides,
+        f"registry.{model}.overrides": bench.registry[model].overrides,
+        "the dataset overrides": dataset_overrides,
+    }
+    names = []
+    for name, overrides in sources.items():
+        keys = [override.split("=", 1)[0].lstrip("+~") for override in overrides]
+        if any(other == key or other.startswith(f"{key}.") for other in keys):
+            names.append(name)
+    return " and ".join(names) or "the train.py overrides"
+
+
+def compose_error_message(bench: BenchConfig, model: str, dataset_overrides: list[str], error: HydraException) -> str:
+    """Turn Hydra's error for train.py overrides that do not compose into a message naming the bench setting and a close key."""
+    cause = error.__cause__
+    if isinstance(cause, (ConfigAttributeError, ConfigKeyError)) and cause.full_key and isinstance(cause.parent_node, DictConfig):
+        known = [name for name in cause.parent_node if name != "hydra"]
+        source = override_sources(bench, model, dataset_overrides, cause.full_key)
+        hint = closest_hint([str(cause.key)], known)
+        return f"{source}: the train.py config of model {model!r} has no key {cause.full_key!r}.{hint} Prefix an override with + only to add a new key."
+
+    if isinstance(error, MissingConfigException) and error.missing_cfg_file and error.options:
+        group, _, option = error.missing_cfg_file.rpartition("/")
+        source = override_sources(bench, model, dataset_overrides, group)
+        return f"{source} sets {group}={option}, which is not in conf/{group}; use one of {list(error.options)}.{closest_hint([option], error.options)}"
+    return f"the train.py config of model {model!r} does not compose: {error}"
+
+
+def check_train_config(bench: BenchConfig, model: str, dataset_overrides: list[str]) -> None:
+    """Compose the train.py config of LM model ``model`` and build its typed stage configs as train.py does first.
+
+    This finds a misspelt key or a bad value in ``train_overrides`` or the registry entry before any run starts.
+    Only the first seed is composed, because the seeds change nothing but ``seed`` and the run folder.
+    """
+    from ttds.stages.checks import check_stage_configs
+    from ttds.stages.runner import selected_stages
+
+    seed = bench.seeds[0]
+    command = train_command(bench, bench.registry[model], seed, bench.out / model / f"seed{seed}", dataset_overrides)
+    overrides = [arg for arg in command[2:] if not arg.startswith("hydra.")]  # compose() takes no hydra.* settings
+    try:
+        cfg = compose_train_config(overrides)
+    except HydraException as error:
+        raise ValueError(compose_error_message(bench, model, dataset_overrides, error)) from error
+
+    try:
+        check_stage_configs(cfg, selected_stages(cfg.stage))
+    except ValueError as error:
+        raise ValueError(f"the train.py config of model {model!r} is invalid: {error}") from error
+
+
+def check_runs(bench: BenchConfig, dataset_overrides: list[str]) -> None:
+    """Check the settings of every model in ``bench.models`` before the first run starts, raising ValueError on the first error.
+
+    Baseline options are built into the baseline's config class. LM models get check_train_config.
+    """
+    for model in bench.models:
+        spec = bench.registry[model]
+        if spec.is_baseline:
+            BASELINE_OPTION_CHECKS[spec.baseline](dict(spec.options), f"registry.{model}.options")
+        else:
+            check_train_config(bench, model, dataset_overrides)
+
+
 def read_run_record(run_dir: Path) -> dict[str, Any] | None:
     """Return the run's bench_run.json, or None when it is missing or unreadable (the run is then repeated)."""
     path = run_dir / RUN_RECORD
@@ -206,8 +373,8 @@ class BenchmarkRunner:
             self._dataset = load_processed(self.dataset_cfg, self.bench.cache_dir / "processed")
         return self._dataset
 
-    def run_all(self) -> list[tuple[str, int]]:
-        """Run every pending pair and return the (model, seed) pairs that failed."""
+    def run_all(self) -> list[tuple[str, int, str]]:
+        """Run every pending pair and return (model, seed, error) for each pair that failed."""
         failed = []
         for model in self.bench.models:
             for seed in self.bench.seeds:
@@ -215,12 +382,13 @@ class BenchmarkRunner:
                 if is_finished(run_dir):
                     log.info("skipping %s seed %d: already finished in %s", model, seed, run_dir)
                     continue
-                if not self.run_one(model, seed, run_dir):
-                    failed.append((model, seed))
+                error = self.run_one(model, seed, run_dir)
+                if error is not None:
+                    failed.append((model, seed, error))
         return failed
 
-    def run_one(self, model: str, seed: int, run_dir: Path) -> bool:
-        """Run one pair, write its bench_run.json, and return whether it finished."""
+    def run_one(self, model: str, seed: int, run_dir: Path) -> str | None:
+        """Run one pair, write its bench_run.json, and return its error, or None when it finished."""
         spec = self.bench.registry[model]
         run_dir.mkdir(parents=True, exist_ok=True)
         previous = read_run_record(run_dir) or {}
@@ -256,7 +424,7 @@ class BenchmarkRunner:
             record["error"] = error
             log.error("%s seed %d failed after %.0f s: %s", model, seed, record["wall_seconds"], error)
         write_json_atomic(run_dir / RUN_RECORD, record)
-        return error is None
+        return error
 
     def _train(self, spec: ModelSpec, seed: int, run_dir: Path) -> list[str]:
         return train_command(self.bench, spec, seed, run_dir, self.dataset_overrides)
@@ -274,9 +442,26 @@ class BenchmarkRunner:
             output.write(f"\n# {datetime.now(UTC).isoformat(timespec='seconds')}: {' '.join(command)}\n")
             output.flush()
             result = subprocess.run(command, cwd=REPO_ROOT, stdout=output, stderr=subprocess.STDOUT, check=False)
-        if result.returncode != 0:
-            return f"train.py exited with code {result.returncode}; see {run_dir / TRAIN_LOG}"
-        return None
+        if result.returncode == 0:
+            return None
+
+        error = f"train.py exited with code {result.returncode}. Its output is in {run_dir / TRAIN_LOG}"
+        message = last_logged_error(run_dir / TRAIN_LOG)
+        return f"{error}, and its last error reads: {message}" if message else error
+
+
+def last_logged_error(log_path: Path) -> str | None:
+    """Return the message of the last ``error: ...`` line of the latest attempt in ``log_path``, or None when it has none.
+
+    train.py logs input errors in that form (ttds.cli). A crash with a traceback has no such line.
+    """
+    lines = log_path.read_text(encoding="utf-8", errors="replace").splitlines()
+    attempt_starts = [index for index, line in enumerate(lines) if line.startswith("# ")]
+    attempt = lines[attempt_starts[-1] :] if attempt_starts else lines
+    for line in reversed(attempt):
+        if " - error: " in line:
+            return line.split(" - error: ", 1)[1].strip()
+    return None
 
 
 def with_dataset_choice(dataset_overrides: list[str], dataset_name: str) -> list[str]:
@@ -290,7 +475,8 @@ def run_benchmark(cfg: DictConfig, dataset_overrides: list[str] | None = None, i
     """Run the benchmark that ``cfg`` (conf/bench.yaml) describes, then write its report; return the summary.
 
     ``dataset_overrides`` are the ``dataset=...`` and ``dataset.*=...`` overrides the bench was composed with; LM
-    runs get the same ones. Raises RuntimeError after the report is written if any run failed.
+    runs get the same ones. Raises ValueError before the first run for a bad setting (see check_runs) and
+    BenchmarkRunsFailed after the report is written if any run failed.
     """
     from ttds.bench.report import write_report
 
@@ -301,9 +487,19 @@ def run_benchmark(cfg: DictConfig, dataset_overrides: list[str] | None = None, i
         log.info("report_only=true: no runs start; the report covers the runs under %s that finished", bench.out)
         failed = []
     else:
+        check_runs(bench, overrides)
         failed = runner.run_all()
+
     summary = write_report(bench, invocation)
     if failed:
-        names = ", ".join(f"{model} seed {seed}" for model, seed in failed)
-        raise RuntimeError(f"{len(failed)} benchmark runs failed ({names}); see bench_run.json in {bench.out}. Re-run to retry them.")
+        raise BenchmarkRunsFailed(failed_runs_message(bench, failed))
     return summary
+
+
+def failed_runs_message(bench: BenchConfig, failed: list[tuple[str, int, str]]) -> str:
+    """Name each failed run with the first line of its error, e.g. ``tiger seed 0: train.py exited with code 1. ...``."""
+    runs = [f"{model} seed {seed}: {(error.splitlines() or ['no error message'])[0].rstrip('.')}." for model, seed, error in failed]
+    return (
+        f"{len(failed)} of the benchmark runs failed. {' '.join(runs)} "
+        f"Each run's bench_run.json under {bench.out} records its error; re-run the same command to retry them."
+    )

@@ -58,19 +58,21 @@ class DatasetConfig:
 def build_strict(cls: type, values: dict[str, Any], where: str) -> Any:
     """Build dataclass ``cls`` from a mapping, rejecting keys it does not declare and values of the wrong type.
 
-    ``where`` is the key prefix that error messages use, e.g. "llm" or "backbone.lora". Values whose field is
-    annotated with a nested dataclass or ``Any`` are left to ``cls`` itself.
+    ``where`` is the key prefix that error messages use, e.g. "llm" or "backbone.lora"; "" for a config whose keys
+    are top-level command-line keys (serve.py). Values whose field is annotated with a nested dataclass or ``Any``
+    are left to ``cls`` itself.
     """
     known = {f.name for f in fields(cls)}
     unknown = sorted(set(values) - known)
     if unknown:
-        raise ValueError(f"{where} has unknown keys {unknown}; valid keys are {sorted(known)}.{closest_hint(unknown, known)}")
+        raise ValueError(f"{where or 'the config'} has unknown keys {unknown}; valid keys are {sorted(known)}.{closest_hint(unknown, known)}")
 
     # get_type_hints resolves the string annotations that `from __future__ import annotations` leaves.
     hints = typing.get_type_hints(cls)
     for item in fields(cls):
         if item.name in values:
-            check_value_type(values[item.name], hints[item.name], f"{where}.{item.name}", _field_default(item))
+            key = f"{where}.{item.name}" if where else item.name
+            check_value_type(values[item.name], hints[item.name], key, _field_default(item))
     return cls(**values)
 
 

@@ -9,7 +9,8 @@ import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from ttds.backbone.config import backbone_config_from_dict
-from ttds.data.config import build_strict, dataset_config_from_dict
+from ttds.data.config import build_strict, check_value_type, closest_hint, dataset_config_from_dict
+from ttds.data.readers import check_options
 from ttds.embeddings.templates import TextTemplateConfig
 from ttds.eval.config import eval_config_from_dict
 from ttds.llm.config import llm_config_from_dict
@@ -18,6 +19,12 @@ from ttds.tasks.base import TemplateSet, load_templates
 from ttds.tasks.registry import TASKS, USER_ID_TASKS, TasksConfig, tasks_config_from_dict
 from ttds.tokenizer.artefacts import SIDES
 from ttds.tokenizer.towers import tower_config_from_dict
+from ttds.training.trainer_config import trainer_config_from_dict
+
+# The keys of conf/train.yaml after composition; a key added with `+` outside these has no reader.
+TOP_LEVEL_KEYS = ("stage", "seed", "paths", "dataset", "tokenizer", "backbone", "tasks", "llm", "eval", "trainer")
+PATH_KEYS = ("repo_root", "shared_data", "repo_data", "cache_dir", "run_dir")
+TOKENIZER_KEYS = ("semantic_encoder", "text", "sasrec", "item", "user")
 
 
 def check_stage_configs(cfg: DictConfig, stages: list[str]) -> None:
@@ -28,8 +35,12 @@ def check_stage_configs(cfg: DictConfig, stages: list[str]) -> None:
     NOTE: tokenizer.semantic_encoder is not checked here, because the tokenize stage resolves its
     ``kind: backbone`` against the backbone config before building it.
     """
+    check_known_keys(cfg)
+    if "trainer" in cfg:
+        trainer_config_from_dict(_plain(cfg.trainer))
+
     if "data" in stages and "dataset" in cfg:
-        dataset_config_from_dict(_plain(cfg.dataset))
+        check_options(dataset_config_from_dict(_plain(cfg.dataset)))
 
     if "tokenize" in stages and "tokenizer" in cfg:
         check_tokenizer_config(_plain(cfg.tokenizer))
@@ -39,6 +50,27 @@ def check_stage_configs(cfg: DictConfig, stages: list[str]) -> None:
 
     if "evaluate" in stages and "eval" in cfg:
         eval_config_from_dict(_plain(cfg.eval))
+
+
+def check_known_keys(cfg: DictConfig) -> None:
+    """Reject top-level, ``paths`` and ``tokenizer`` keys that no stage reads, and a ``seed`` that is not an integer.
+
+    Hydra refuses a misspelt key unless it is added with ``+``. These groups have no typed config of their own, so
+    without this check such an addition would pass unnoticed.
+    """
+    _check_names("the run config", cfg.keys(), TOP_LEVEL_KEYS)
+    if "paths" in cfg:
+        _check_names("paths", cfg.paths.keys(), PATH_KEYS)
+    if "tokenizer" in cfg:
+        _check_names("tokenizer", cfg.tokenizer.keys(), TOKENIZER_KEYS)
+    if "seed" in cfg:
+        check_value_type(cfg.seed, int, "seed", 42)
+
+
+def _check_names(where: str, names, known: tuple[str, ...]) -> None:
+    unknown = sorted(set(map(str, names)) - set(known))
+    if unknown:
+        raise ValueError(f"{where} has unknown keys {unknown}; valid keys are {sorted(known)}.{closest_hint(unknown, known)}")
 
 
 def check_llm_configs(cfg: DictConfig) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from ttds.llm.recommender import RecommenderModule
 from ttds.llm.texts import clip_texts
 from ttds.stages.context import RunContext, write_json_atomic
 from ttds.stages.loading import load_trained
+from ttds.stages.reuse import CONFIG_FILE, warn_if_reused_with_other_settings
 from ttds.tasks.base import Vocabulary, load_templates
 from ttds.tasks.registry import PromptDataset, TaskRecords, tasks_config_from_dict, without_user_id_tasks
 from ttds.tasks.task_data import TaskData
@@ -86,39 +86,10 @@ def resume_path(folder: Path) -> Path | None:
 TRAINING_GROUPS = ("llm", "backbone", "tasks")  # config groups that shape the trained model
 
 
-def changed_settings(saved: dict, current: dict, prefix: str = "") -> list[str]:
-    """List the dotted keys whose values differ between two nested config dicts, e.g. ``llm.static_steps: 300 -> 50``."""
-    changes = []
-    for key in sorted(set(saved) | set(current)):
-        name = f"{prefix}{key}"
-        old, new = saved.get(key), current.get(key)
-        if isinstance(old, dict) and isinstance(new, dict):
-            changes += changed_settings(old, new, f"{name}.")
-        elif old != new:
-            changes.append(f"{name}: {old!r} -> {new!r}")
-    return changes
-
-
-def _warn_if_reused_with_other_settings(ctx: RunContext, out: Path) -> None:
-    saved_file = out / "config.json"
-    if not saved_file.is_file():
-        return
-    saved = json.loads(saved_file.read_text(encoding="utf-8"))
-    current = OmegaConf.to_container(ctx.cfg, resolve=True)
-    changes = [c for group in TRAINING_GROUPS for c in changed_settings({group: saved.get(group)}, {group: current.get(group)})]
-    if changes:
-        log.warning(
-            "the llm stage of %s is finished and is reused as it is; these settings differ from the ones it was trained "
-            "with and have no effect: %s. Use a new paths.run_dir to train with them.",
-            ctx.run_dir,
-            "; ".join(changes),
-        )
-
-
 def run(ctx: RunContext) -> dict:
     out = ctx.stage_dir("llm")
     if ctx.is_done("llm"):
-        _warn_if_reused_with_other_settings(ctx, out)
+        warn_if_reused_with_other_settings("llm", out, ctx.cfg, TRAINING_GROUPS)
         load_trained(ctx)
         return {}
     tok = ctx.artefacts["tokenize"]
@@ -223,7 +194,7 @@ def run(ctx: RunContext) -> dict:
 
     save_adapter_checkpoint(out / "adapter", model, tokenizer, tokens, backbone_cfg, frozen_hash)
     summary |= {"table_hash": frozen_hash, "id_tokens": len(tokens)} | {f"{side}_collisions": tables[side].collision_report() for side in SIDES}
-    write_json_atomic(out / "config.json", OmegaConf.to_container(ctx.cfg, resolve=True))
+    write_json_atomic(out / CONFIG_FILE, OmegaConf.to_container(ctx.cfg, resolve=True))
     ctx.artefacts["llm"] = {"model": model.eval(), "tokenizer": tokenizer, "tables": tables, "table_hash": frozen_hash}
     ctx.mark_done("llm", summary)
     return summary

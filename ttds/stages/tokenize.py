@@ -6,7 +6,7 @@ import logging
 
 import torch.nn.functional as F
 from lightning.pytorch.loggers import CSVLogger
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from ttds.data.config import build_strict
 from ttds.data.views import evaluation_examples, training_sequences
@@ -15,6 +15,7 @@ from ttds.embeddings.templates import TextTemplateConfig, render_item_texts, ren
 from ttds.embeddings.text_encoder import TextEncoderConfig, build_text_encoder, bundled_minilm_path
 from ttds.models.sasrec_module import SASRecConfig, sasrec_embeddings, sequences_by_user, targets_by_user
 from ttds.stages.context import RunContext, write_json_atomic
+from ttds.stages.reuse import CONFIG_FILE, warn_if_reused_with_other_settings
 from ttds.tokenizer.artefacts import SIDES, TokenizeOutputs
 from ttds.tokenizer.module import fit_tower
 from ttds.tokenizer.towers import tower_config_from_dict
@@ -25,6 +26,7 @@ log = logging.getLogger(__name__)
 def run(ctx: RunContext) -> dict:
     out = ctx.stage_dir("tokenize")
     if ctx.is_done("tokenize"):
+        warn_if_reused_with_other_settings("tokenize", out, ctx.cfg, tokenize_groups(ctx.cfg))
         ctx.artefacts["tokenize"] = TokenizeOutputs.load(out)
         log.info("stage tokenize: reusing %s", out)
         return {}
@@ -79,8 +81,17 @@ def run(ctx: RunContext) -> dict:
     write_json_atomic(out / "diagnostics.json", diagnostics)
     ctx.artefacts["tokenize"] = outputs
     summary = {side: tables[side].collision_report() for side in SIDES}
+    write_json_atomic(out / CONFIG_FILE, OmegaConf.to_container(ctx.cfg, resolve=True))
     ctx.mark_done("tokenize", summary)
     return summary
+
+
+def tokenize_groups(cfg: DictConfig) -> tuple[str, ...]:
+    """Name the config groups that shape the tokenize outputs: the tokenizer, the seed, and the LM when it embeds texts."""
+    groups = ("tokenizer", "seed")
+    if cfg.tokenizer.semantic_encoder.get("kind") == "backbone":
+        groups += ("backbone",)
+    return groups
 
 
 def semantic_encoder_config(values: dict, ctx: RunContext) -> TextEncoderConfig:

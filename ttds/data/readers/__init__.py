@@ -38,6 +38,11 @@ def resolve_files(cfg: DatasetConfig) -> list[Path]:
     return list(_reader(cfg).input_files(cfg).values())
 
 
+def check_options(cfg: DatasetConfig) -> dict:
+    """Return the reader options of ``cfg`` merged with its format's defaults, rejecting keys the format does not take."""
+    return _reader(cfg).options_of(cfg)
+
+
 def read_dataset(cfg: DatasetConfig) -> RawDataset:
     """Read the dataset ``cfg`` describes into canonical tables and validate them."""
     dataset = _reader(cfg).read(cfg)
@@ -53,4 +58,4 @@ def read_dataset(cfg: DatasetConfig) -> RawDataset:
     return dataset
 
 
-__all__ = ["READERS", "read_dataset", "resolve_files"]
+__all__ = ["READERS", "check_options", "read_dataset", "resolve_files"]

@@ -288,6 +288,8 @@ def sequence_interactions(users: list[str], sequences: list[list[str]]) -> pl.Da
 def merged_options(cfg: DatasetConfig, defaults: dict[str, Any]) -> dict[str, Any]:
     """Return ``defaults`` updated with ``cfg.options``, rejecting keys the reader of ``cfg.format`` does not take."""
     unknown = sorted(set(cfg.options) - set(defaults))
+    if unknown and not defaults:
+        raise ValueError(f"dataset.options has unknown keys {unknown} for format '{cfg.format}', which takes no options; remove them.")
     if unknown:
         raise ValueError(f"dataset.options has unknown keys {unknown} for format '{cfg.format}'; valid keys are {sorted(defaults)}.{closest_hint(unknown, defaults)}")
     return {**defaults, **cfg.options}

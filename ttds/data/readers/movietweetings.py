@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 
@@ -16,6 +17,7 @@ from ttds.data.readers._io import (
     LINE_COLUMN,
     canonical_interactions,
     dataset_file,
+    merged_options,
     parse_numbers,
     read_delimited,
     read_text,
@@ -30,11 +32,16 @@ RATING_FIELDS = ["user_id", "item_id", "rating", "timestamp"]
 MOVIE_LINE = re.compile(r"^(?P<item_id>[^:]*)::(?P<title>.*)::(?P<genres>[^:]*)$")
 
 
+def options_of(cfg: DatasetConfig) -> dict[str, Any]:
+    return merged_options(cfg, {})  # the format has no options, so any key is rejected
+
+
 def input_files(cfg: DatasetConfig) -> dict[str, Path]:
     return {role: dataset_file(cfg, role, default) for role, default in DEFAULT_FILES.items()}
 
 
 def read(cfg: DatasetConfig) -> RawDataset:
+    options_of(cfg)
     files = input_files(cfg)
     interactions = _read_ratings(files["ratings"])
     items = _read_movies(files["movies"])

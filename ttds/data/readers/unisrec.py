@@ -11,12 +11,14 @@ single ``text`` column (already "title. categories. brand.") becomes the title. 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 
 from ttds.data.config import DatasetConfig
 from ttds.data.readers._io import (
     dataset_file,
+    merged_options,
     read_delimited,
     reject_duplicate_ids,
     reject_empty_ids,
@@ -30,6 +32,10 @@ REQUIRED_ROLES = ("text", "item2index", "user2index", "train", "valid", "test")
 SPLIT_ROLES = ("train", "valid", "test")
 
 
+def options_of(cfg: DatasetConfig) -> dict[str, Any]:
+    return merged_options(cfg, {})  # the format has no options, so any key is rejected
+
+
 def input_files(cfg: DatasetConfig) -> dict[str, Path]:
     files = {role: dataset_file(cfg, role) for role in REQUIRED_ROLES}
     if "seq" in cfg.files:
@@ -38,8 +44,7 @@ def input_files(cfg: DatasetConfig) -> dict[str, Path]:
 
 
 def read(cfg: DatasetConfig) -> RawDataset:
-    if cfg.options:
-        raise ValueError(f"dataset.options has unknown keys {sorted(cfg.options)} for format 'unisrec', which takes no options; remove them.")
+    options_of(cfg)
     files = input_files(cfg)
     item_ids = _read_index(files["item2index"])
     user_ids = _read_index(files["user2index"])
