@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -89,6 +90,21 @@ def test_reused_stages_with_same_settings_do_not_warn(tiny_run, tmp_path):
     result = _run(["train.py", "experiment=tiny", f"paths.run_dir={run_dir}", f"hydra.run.dir={tmp_path / 'hydra'}", "stage=llm"], env)
 
     assert "have no effect" not in result.stdout + result.stderr
+
+
+def test_llm_stage_resumes_from_its_checkpoints_without_warnings(tiny_run, tmp_path):
+    run_dir, env, _ = tiny_run
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    (copy / "llm" / "DONE.json").unlink()
+
+    result = _run(["train.py", "experiment=tiny", f"paths.run_dir={copy}", f"hydra.run.dir={tmp_path / 'hydra'}", "stage=llm"], env)
+    output = result.stdout + result.stderr
+
+    assert "Restoring states from" in output
+    assert "exists and is not empty" not in output
+    assert "before the epoch ended" not in output
+    assert (copy / "llm" / "DONE.json").is_file()
 
 
 def test_adapter_checkpoint_has_no_pickles(tiny_run):

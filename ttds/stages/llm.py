@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 
 import lightning as L
@@ -45,7 +46,18 @@ def id_token_list(tables: dict[str, SemanticIdTable], suffix_tokens: int, with_u
     return tokens + (user.vocabulary() if with_users else [])
 
 
+# Lightning's warnings for a resumed stage that do not apply here: SamplerResume saves the sampler's position in
+# every checkpoint, so a mid-epoch resume continues at the next batch, and a resumed stage's checkpoint folder is
+# expected to hold the checkpoints it resumes from.
+RESUME_WARNINGS = (
+    "You're resuming from a checkpoint that ended before the epoch ended",
+    "Checkpoint directory .* exists and is not empty",
+)
+
+
 def _trainer(ctx: RunContext, max_steps: int, folder: Path, datamodule: PromptDataModule, llm_cfg) -> L.Trainer:
+    for message in RESUME_WARNINGS:
+        warnings.filterwarnings("ignore", message=message)
     trainer_cfg = ctx.cfg.trainer
     # Checkpoints get their own folder: the CSV logs sit in `folder` before the first checkpoint, and Lightning warns
     # about a non-empty checkpoint folder on every fresh run otherwise.
