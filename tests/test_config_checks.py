@@ -374,3 +374,11 @@ def test_misspelt_reader_option_fails_before_the_data_stage():
 
     with pytest.raises(ValueError, match=r"Did you mean 'delimiter'\?$"):
         check_stage_configs(cfg, ["data"])
+
+
+def test_dense_history_overlay_selects_v2_templates_and_history_labels():
+    cfg = compose_train(["experiment=[demo,dense_history]"])
+
+    assert cfg.tasks.templates.endswith("conf/tasks/templates_v2.yaml")
+    assert cfg.llm.history_labels is True
+    check_stage_configs(cfg, ALL_STAGES)
