@@ -98,6 +98,12 @@ def test_exit_on_input_error_keeps_other_errors(monkeypatch):
         fail_with(RuntimeError("bug"))
 
 
+def test_one_line_does_not_add_separator_after_sentence():
+    message = "Could not append to config. An item is already at 'llm.static_steps'.\nEither remove + prefix: 'llm.static_steps=3'"
+
+    assert one_line(message) == "Could not append to config. An item is already at 'llm.static_steps'. Either remove + prefix: 'llm.static_steps=3'"
+
+
 def test_one_line_joins_omegaconf_lines():
     message = "Missing mandatory value: backbone.path\n    full_key: tokenizer.semantic_encoder.model_path\n"
 

@@ -38,8 +38,17 @@ def full_error_requested() -> bool:
 
 
 def one_line(message: str) -> str:
-    """Join the lines of ``message`` with "; ", because omegaconf adds lines such as ``full_key: ...``."""
-    return "; ".join(line.strip() for line in message.splitlines() if line.strip())
+    """Join the lines of ``message`` into one, because omegaconf adds lines such as ``full_key: ...``.
+
+    A line that ends a sentence is followed by a space, any other by "; ".
+    """
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    joined = ""
+    for line in lines:
+        if joined:
+            joined += " " if joined.endswith((".", "?", "!", ":", ";")) else "; "
+        joined += line
+    return joined
 
 
 def exit_on_errors(errors: tuple[type[BaseException], ...]) -> Callable[[Main], Main]:
