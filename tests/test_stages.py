@@ -1,14 +1,17 @@
 """Run-directory safety checks of the stage runner."""
 
 import json
+from types import SimpleNamespace
 
 import pytest
+from lightning.pytorch import Callback
+from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import OmegaConf
 
 from ttds.stages.checks import check_stage_configs
 from ttds.stages.context import RunContext
 from ttds.stages.data import check_run_dataset
-from ttds.stages.llm import resume_path
+from ttds.stages.llm import _trainer, resume_path
 from ttds.stages.runner import selected_stages
 
 
@@ -58,3 +61,16 @@ def testresume_path_reads_runs_from_before_the_checkpoint_folder(tmp_path):
 
 def testresume_path_is_none_for_a_fresh_stage(tmp_path):
     assert resume_path(tmp_path) is None
+
+
+def test_llm_trainer_flushes_logs_at_each_checkpoint(tmp_path):
+    cfg = OmegaConf.create({"trainer": {"accelerator": "cpu", "devices": 1, "strategy": "auto", "precision": "32-true", "log_every_n_steps": 1}})
+    ctx = RunContext(cfg=cfg, run_dir=tmp_path, cache_dir=tmp_path / "cache")
+    datamodule = SimpleNamespace(resume_callback=Callback())
+    llm_cfg = SimpleNamespace(checkpoint_every_n_steps=7, gradient_clip=1.0, batch_size=2)
+
+    trainer = _trainer(ctx, 10, tmp_path / "stage2", datamodule, llm_cfg)
+    checkpoint = next(callback for callback in trainer.callbacks if isinstance(callback, ModelCheckpoint))
+
+    assert trainer.logger._flush_logs_every_n_steps == 7
+    assert checkpoint.dirpath == str(tmp_path / "stage2" / "checkpoints")

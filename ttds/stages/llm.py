@@ -74,7 +74,8 @@ def _trainer(ctx: RunContext, max_steps: int, folder: Path, datamodule: PromptDa
         log_every_n_steps=trainer_cfg.log_every_n_steps,
         gradient_clip_val=llm_cfg.gradient_clip or None,
         default_root_dir=folder,
-        logger=L.pytorch.loggers.CSVLogger(folder, name="logs"),
+        # Flushed at each checkpoint, so a resumed stage keeps the losses logged up to the checkpoint it resumes from.
+        logger=L.pytorch.loggers.CSVLogger(folder, name="logs", flush_logs_every_n_steps=llm_cfg.checkpoint_every_n_steps),
         callbacks=[checkpoint, datamodule.resume_callback, StepTimer(llm_cfg.batch_size, folder / "timing.json")],
         plugins=[SafetensorsCheckpointIO()],
         use_distributed_sampler=False,
