@@ -382,3 +382,18 @@ def test_dense_history_overlay_selects_v2_templates_and_history_labels():
     assert cfg.tasks.templates.endswith("conf/tasks/templates_v2.yaml")
     assert cfg.llm.history_labels is True
     check_stage_configs(cfg, ALL_STAGES)
+
+
+def test_semantic_encoder_key_is_checked_before_the_data_stage():
+    cfg = compose_train(["+tokenizer.semantic_encoder.modle=x"])
+
+    with pytest.raises(ValueError, match=r"tokenizer.semantic_encoder has unknown keys \['modle'\]"):
+        check_stage_configs(cfg, ALL_STAGES)
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_float_setting_rejects_non_finite(value):
+    cfg = compose_train([f"llm.learning_rate={value}"])
+
+    with pytest.raises(ValueError, match=r"^llm.learning_rate=\S+ must be a finite number"):
+        check_stage_configs(cfg, ALL_STAGES)

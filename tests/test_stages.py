@@ -12,7 +12,7 @@ from ttds.stages.checks import check_stage_configs
 from ttds.stages.context import RunContext
 from ttds.stages.data import check_run_dataset
 from ttds.stages.llm import _trainer, resume_path
-from ttds.stages.runner import selected_stages
+from ttds.stages.runner import run_stages, selected_stages
 
 
 def test_run_dir_from_other_data_is_rejected(tmp_path):
@@ -74,3 +74,12 @@ def test_llm_trainer_flushes_logs_at_each_checkpoint(tmp_path):
 
     assert trainer.logger._flush_logs_every_n_steps == 7
     assert checkpoint.dirpath == str(tmp_path / "stage2" / "checkpoints")
+
+
+def test_run_dir_that_is_a_file_is_rejected(tmp_path):
+    run_file = tmp_path / "run"
+    run_file.write_text("")
+    cfg = OmegaConf.create({"stage": "data", "seed": 0, "paths": {"run_dir": str(run_file), "cache_dir": str(tmp_path / "cache")}})
+
+    with pytest.raises(ValueError, match=r"paths.run_dir=.* is a file, not a directory"):
+        run_stages(cfg)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import math
 import numbers
 import types
 import typing
@@ -100,6 +101,9 @@ def check_value_type(value: Any, annotation: Any, key: str, example: Any = None)
     matching = [member for member, matched in zip(members, matches, strict=True) if matched]
     if not matching:
         raise ValueError(_type_error(key, value, members, example))
+    if isinstance(value, float) and not math.isfinite(value):
+        # nan passes every range check (nan <= 0 is False), so it is refused here for every float setting.
+        raise ValueError(f"{key}={value} must be a finite number; set it to a value like {example}.")
     _check_elements(value, matching[0], key)
 
 

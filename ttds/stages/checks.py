@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import string
 from pathlib import Path
+from types import SimpleNamespace
 
 import yaml
 from omegaconf import DictConfig, OmegaConf
@@ -15,6 +16,7 @@ from ttds.embeddings.templates import TextTemplateConfig
 from ttds.eval.config import eval_config_from_dict
 from ttds.llm.config import llm_config_from_dict
 from ttds.models.sasrec_module import SASRecConfig
+from ttds.stages.tokenize import semantic_encoder_config
 from ttds.tasks.base import TemplateSet, load_templates
 from ttds.tasks.registry import TASKS, USER_ID_TASKS, TasksConfig, tasks_config_from_dict
 from ttds.tokenizer.artefacts import SIDES
@@ -32,8 +34,6 @@ def check_stage_configs(cfg: DictConfig, stages: list[str]) -> None:
 
     Each group is converted as its stage converts it (resolved to plain containers). Groups absent from ``cfg`` are
     skipped. The llm stage's templates file is read and its placeholders are checked against the tasks.
-    NOTE: tokenizer.semantic_encoder is not checked here, because the tokenize stage resolves its
-    ``kind: backbone`` against the backbone config before building it.
     """
     check_known_keys(cfg)
     if "trainer" in cfg:
@@ -44,6 +44,9 @@ def check_stage_configs(cfg: DictConfig, stages: list[str]) -> None:
 
     if "tokenize" in stages and "tokenizer" in cfg:
         check_tokenizer_config(_plain(cfg.tokenizer))
+        if "semantic_encoder" in cfg.tokenizer and "backbone" in cfg:
+            # The tokenize stage resolves `kind: backbone` against the backbone group; this builds it the same way.
+            semantic_encoder_config(_plain(cfg.tokenizer.semantic_encoder), SimpleNamespace(cfg=cfg))
 
     if "llm" in stages:
         check_llm_configs(cfg)

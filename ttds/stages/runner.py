@@ -51,6 +51,8 @@ def run_stages(cfg: DictConfig) -> RunContext:
 
     L.seed_everything(cfg.seed, workers=True)
     ctx = RunContext(cfg=cfg, run_dir=Path(cfg.paths.run_dir), cache_dir=Path(cfg.paths.cache_dir))
+    if ctx.run_dir.exists() and not ctx.run_dir.is_dir():
+        raise ValueError(f"paths.run_dir={ctx.run_dir} is a file, not a directory; pass a new or existing run directory.")
     ctx.run_dir.mkdir(parents=True, exist_ok=True)
 
     missing = []
