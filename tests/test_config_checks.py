@@ -376,7 +376,7 @@ def test_misspelt_reader_option_fails_before_the_data_stage():
         check_stage_configs(cfg, ["data"])
 
 
-def test_dense_history_overlay_selects_v2_templates_and_history_labels():
+def test_dense_history_overlay_settings():
     cfg = compose_train(["experiment=[demo,dense_history]"])
 
     assert cfg.tasks.templates.endswith("conf/tasks/templates_v2.yaml")
@@ -384,7 +384,7 @@ def test_dense_history_overlay_selects_v2_templates_and_history_labels():
     check_stage_configs(cfg, ALL_STAGES)
 
 
-def test_semantic_encoder_key_is_checked_before_the_data_stage():
+def test_semantic_encoder_key_checked_early():
     cfg = compose_train(["+tokenizer.semantic_encoder.modle=x"])
 
     with pytest.raises(ValueError, match=r"tokenizer.semantic_encoder has unknown keys \['modle'\]"):

@@ -45,7 +45,7 @@ def test_selected_stages_include_prerequisites():
         selected_stages("evalute")
 
 
-def testresume_path_prefers_checkpoint_folder(tmp_path):
+def test_resume_path_prefers_checkpoint_folder(tmp_path):
     (tmp_path / "checkpoints").mkdir()
     (tmp_path / "checkpoints" / "last.ckpt").write_bytes(b"new")
     (tmp_path / "last.ckpt").write_bytes(b"old")
@@ -53,13 +53,13 @@ def testresume_path_prefers_checkpoint_folder(tmp_path):
     assert resume_path(tmp_path) == tmp_path / "checkpoints" / "last.ckpt"
 
 
-def testresume_path_reads_runs_from_before_the_checkpoint_folder(tmp_path):
+def test_resume_path_reads_old_layout(tmp_path):
     (tmp_path / "last.ckpt").write_bytes(b"old")
 
     assert resume_path(tmp_path) == tmp_path / "last.ckpt"
 
 
-def testresume_path_is_none_for_a_fresh_stage(tmp_path):
+def test_resume_path_none_when_fresh(tmp_path):
     assert resume_path(tmp_path) is None
 
 

@@ -46,9 +46,8 @@ def id_token_list(tables: dict[str, SemanticIdTable], suffix_tokens: int, with_u
     return tokens + (user.vocabulary() if with_users else [])
 
 
-# Lightning's warnings for a resumed stage that do not apply here: SamplerResume saves the sampler's position in
-# every checkpoint, so a mid-epoch resume continues at the next batch, and a resumed stage's checkpoint folder is
-# expected to hold the checkpoints it resumes from.
+# Lightning warnings that are wrong for a resumed stage. SamplerResume saves the sampler position in every
+# checkpoint, so a mid-epoch resume continues at the next batch. A resumed stage's checkpoint folder is not empty.
 RESUME_WARNINGS = (
     "You're resuming from a checkpoint that ended before the epoch ended",
     "Checkpoint directory .* exists and is not empty",
