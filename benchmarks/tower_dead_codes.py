@@ -25,7 +25,10 @@ def main() -> None:
     embeddings = load_file(sys.argv[1])
     variant = sys.argv[2]
     values = yaml.safe_load((CONF_DIR / "tokenizer" / "default.yaml").read_text())["item"]
-    quantizer = dict(values["quantizer"])
+
+    # The config interpolates the run's seed (`${seed}`). This script reads the raw YAML, so it fixes the seeds at 0.
+    values["seed"] = 0
+    quantizer = dict(values["quantizer"], seed=0)
     if "dead100" in variant:
         quantizer["dead_code_steps"] = 100
     elif "dead" in variant:

@@ -397,3 +397,23 @@ def test_float_setting_rejects_non_finite(value):
 
     with pytest.raises(ValueError, match=r"^llm.learning_rate=\S+ must be a finite number"):
         check_stage_configs(cfg, ALL_STAGES)
+
+
+# Seeds: `seed=k` varies the tokenize stage too, so a benchmark's seeds cover the towers and SASRec.
+
+
+def test_tokenizer_seeds_follow_run_seed():
+    cfg = OmegaConf.to_container(compose_train(["seed=7"]).tokenizer, resolve=True)
+
+    assert cfg["sasrec"]["seed"] == 7
+    assert cfg["item"]["seed"] == 7
+    assert cfg["item"]["quantizer"]["seed"] == 7
+    assert cfg["user"]["seed"] == 7
+    assert cfg["user"]["quantizer"]["seed"] == 7
+
+
+def test_tokenizer_seed_pinned():
+    cfg = compose_train(["seed=7", "tokenizer.item.seed=0"])
+
+    assert cfg.tokenizer.item.seed == 0
+    assert cfg.tokenizer.user.seed == 7
