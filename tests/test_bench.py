@@ -434,3 +434,31 @@ def test_failed_lm_run_ends_in_one_error_line(tmp_path):
     assert f"Its output is in {train_log}" in errors[0]
     assert str(missing) in errors[0]
     assert json.loads((train_log.parent / "bench_run.json").read_text())["status"] == "failed"
+
+
+# The target check in the report (the verdict rules are in test_bench_target.py).
+
+
+def test_unknown_target_model_gets_suggestion(tmp_path):
+    cfg = bench_config(tmp_path, ["target.model=tdds"])
+
+    with pytest.raises(ValueError, match=r"target names models \['tdds'\].*Did you mean 'ttds'"):
+        BenchConfig.from_dictconfig(cfg)
+
+
+def test_report_only_writes_target_section(tmp_path):
+    # Two finished runs written by hand: mostpop with seed 0 and ttds with seed 0, as the runner lays them out.
+    for model, hr in (("mostpop", 0.13), ("ttds", 0.09)):
+        run_dir = tmp_path / "out" / model / "seed0"
+        (run_dir / "evaluate").mkdir(parents=True)
+        (run_dir / "bench_run.json").write_text(json.dumps({"status": "finished", "wall_seconds": 1.0}))
+        metrics = {"test": {"hr@10": hr, "ndcg@10": hr / 2, "n_users": 10}}
+        (run_dir / "evaluate" / "metrics.json").write_text(json.dumps(metrics))
+    (tmp_path / "BENCHMARKS.md").write_text("# Benchmarks\n")
+    cfg = bench_config(tmp_path, ["report_only=true", "models=[mostpop,ttds]", "seeds=[0]"])
+
+    summary = run_benchmark(cfg, DATASET_OVERRIDES, "python -m ttds.bench report_only=true (test)")
+
+    assert summary["target"]["verdict"] == "not met"
+    assert summary["target"]["rows"][0]["baseline"] == "mostpop"
+    assert "Target: ttds above the best of mostpop, sasrec, tiger on the test split" in (tmp_path / "BENCHMARKS.md").read_text()

@@ -21,12 +21,13 @@ from typing import TYPE_CHECKING, Any
 import polars as pl
 from matplotlib.figure import Figure
 
+from ttds.bench.target import SPLITS, check_target, target_markdown
+
 if TYPE_CHECKING:
     from ttds.bench.runner import BenchConfig
 
 log = logging.getLogger(__name__)
 
-SPLITS = ("test", "valid")
 TABLE_METRICS = ("hr@1", "hr@5", "hr@10", "ndcg@5", "ndcg@10", "mrr@10", "coverage@10", "invalid_user_rate")
 PLOT_METRICS = ("hr@1", "hr@5", "hr@10", "ndcg@5", "ndcg@10", "mrr@10")
 LOSS_COLUMN = "train/lm_loss"
@@ -165,6 +166,8 @@ def section_body(bench: BenchConfig, summary: dict[str, Any], plots: list[Path])
     missing = {model: entry["missing_seeds"] for model, entry in summary["models"].items() if entry["missing_seeds"]}
     if missing:
         lines += ["", f"Runs not finished (missing from the means): {missing}."]
+    if summary.get("target"):
+        lines += ["", target_markdown(summary["target"]).rstrip("\n")]
     if plots and bench.benchmarks_md is not None:
         links = [f"[{plot.stem}]({os.path.relpath(plot, bench.benchmarks_md.parent)})" for plot in plots]
         lines += ["", "Plots: " + ", ".join(links) + "."]
@@ -302,6 +305,9 @@ def write_report(bench: BenchConfig, invocation: str = "") -> dict[str, Any]:
         "git": list({json.dumps(record["git"], sort_keys=True): record["git"] for record in records if "git" in record}.values()),
         "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
+    # The target is checked only when its model is in this invocation, so a baseline-only run reports no verdict.
+    if bench.target is not None and bench.target.model in bench.models:
+        summary["target"] = check_target(bench.target, summary["models"])
 
     plots = []
     for name, draw in (

@@ -33,6 +33,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError
 
 from ttds.baselines import BASELINES, baseline_function
+from ttds.bench.target import TargetConfig
 from ttds.data.config import build_strict, check_value_type, closest_hint, dataset_config_from_dict
 from ttds.data.dataset import ProcessedDataset
 from ttds.data.pipeline import load_processed
@@ -57,6 +58,7 @@ BENCH_KEYS: dict[str, tuple[Any, Any]] = {
     "base_experiment": (str | None, None),
     "report_only": (bool, None),
     "train_overrides": (list[str], ["trainer=gpu"]),
+    "target": (dict[str, Any] | None, None),  # checked by TargetConfig
     "paths": (dict[str, Any], None),  # its keys are checked by BenchPaths
     "registry": (dict[str, dict[str, Any] | None], None),  # each entry is checked by ModelSpec
     "dataset": (dict[str, Any], None),  # checked by DatasetConfig when the runner starts
@@ -144,6 +146,7 @@ class BenchConfig:
     cache_dir: Path
     registry: dict[str, ModelSpec]
     report_only: bool = False  # start no run and write the report from the runs that finished, without check_runs
+    target: TargetConfig | None = None  # the comparison the report checks; None checks nothing
 
     def __post_init__(self) -> None:
         if not self.models:
@@ -160,6 +163,8 @@ class BenchConfig:
             raise ValueError(f"seeds={self.seeds} has a seed outside 0..{MAX_SEED}; use seeds in that range.")
         if self.base_experiment:
             check_experiment(self.base_experiment, "base_experiment")
+        if self.target is not None:
+            check_target_models(self.target, self.registry)
         if not re.fullmatch(r"[\w.\-]+", self.section):
             raise ValueError(f"section={self.section!r} may contain only letters, digits, '_', '.' and '-'.")
 
@@ -183,7 +188,16 @@ class BenchConfig:
             cache_dir=Path(paths.cache_dir).absolute(),
             registry=registry,
             report_only=values["report_only"],
+            target=build_strict(TargetConfig, values["target"], "target") if values["target"] is not None else None,
         )
+
+
+def check_target_models(target: TargetConfig, registry: dict[str, ModelSpec]) -> None:
+    """Raise ValueError when ``target`` names a model that ``registry`` lacks, with the closest registry name."""
+    unknown = [name for name in (target.model, *target.baselines) if name not in registry]
+    if unknown:
+        hint = closest_hint(unknown, registry)
+        raise ValueError(f"target names models {unknown} that are not in conf/bench.yaml `registry`; use some of {sorted(registry)}.{hint}")
 
 
 def machine_info() -> dict[str, Any]:

@@ -1,0 +1,111 @@
+"""The benchmark's target check: does one model beat the best baseline by more than one standard deviation?
+
+For each metric the reference is the baseline with the highest mean. The model meets the target on that metric
+when its mean exceeds the reference mean by more than the larger of the two sample standard deviations over
+seeds. A model below the reference misses the target whatever the spread. A model above it with fewer than two
+finished seeds on either side is "undetermined", because one seed has no standard deviation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+MET, NOT_MET, UNDETERMINED, NOT_CHECKED = "met", "not met", "undetermined", "not checked"
+SPLITS = ("test", "valid")
+
+
+@dataclass
+class TargetConfig:
+    """The ``target`` group of conf/bench.yaml: which model must beat which baselines, on which metrics and split."""
+
+    model: str  # the model under test, e.g. ttds
+    baselines: list[str]  # the models it must beat; per metric the one with the best mean is the reference
+    metrics: list[str] = field(default_factory=lambda: ["hr@10", "ndcg@10"])
+    split: str = "test"
+
+    def __post_init__(self) -> None:
+        if self.split not in SPLITS:
+            raise ValueError(f"target.split={self.split!r} is invalid; use one of {list(SPLITS)}.")
+        if not self.baselines:
+            raise ValueError("target.baselines=[] is empty; name the models the target model must beat, e.g. [mostpop,sasrec].")
+        if not self.metrics:
+            raise ValueError("target.metrics=[] is empty; name at least one metric, e.g. [hr@10,ndcg@10].")
+        if self.model in self.baselines:
+            raise ValueError(f"target.model={self.model!r} is also in target.baselines; a model cannot be its own baseline.")
+
+
+def _metric_row(metric: str, own: dict[str, Any], references: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Compare ``own`` (mean_std of the model) with the best of ``references`` ({baseline: mean_std}) on one metric."""
+    name, best = max(references.items(), key=lambda item: item[1]["mean"])
+    difference = own["mean"] - best["mean"]
+    row = {"metric": metric, "model": own, "baseline": name, "reference": best, "difference": difference, "std": None, "ratio": None}
+
+    if difference <= 0:
+        row["verdict"] = NOT_MET
+    elif own["std"] is None or best["std"] is None:
+        row["verdict"] = UNDETERMINED
+    else:
+        row["std"] = max(own["std"], best["std"])
+        row["ratio"] = difference / row["std"] if row["std"] > 0 else None
+        row["verdict"] = MET if difference > row["std"] else NOT_MET
+    return row
+
+
+def check_target(target: TargetConfig, models: dict[str, Any]) -> dict[str, Any]:
+    """Check ``target`` against the report's per-model summary ({model: {split: {metric: mean_std}}}).
+
+    Returns {"verdict", "reason", "rows"}. The overall verdict is "met" when every metric is met, "not met" when
+    any metric is not met, else "undetermined". "not checked" (with a reason) means a side has no finished run.
+    """
+    result: dict[str, Any] = {"model": target.model, "split": target.split, "baselines": target.baselines, "rows": [], "reason": None}
+    own = models.get(target.model, {}).get(target.split)
+    references = {name: models[name][target.split] for name in target.baselines if models.get(name, {}).get(target.split)}
+    if not own:
+        return result | {"verdict": NOT_CHECKED, "reason": f"{target.model} has no finished run with a {target.split} split"}
+    if not references:
+        return result | {"verdict": NOT_CHECKED, "reason": f"none of {target.baselines} has a finished run with a {target.split} split"}
+
+    for metric in target.metrics:
+        scored = {name: values[metric] for name, values in references.items() if metric in values}
+        if metric not in own or not scored:
+            return result | {"verdict": NOT_CHECKED, "reason": f"metric {metric} is missing from the {target.split} results"}
+        result["rows"].append(_metric_row(metric, own[metric], scored))
+
+    verdicts = {row["verdict"] for row in result["rows"]}
+    if verdicts == {MET}:
+        result["verdict"] = MET
+    elif NOT_MET in verdicts:
+        result["verdict"] = NOT_MET
+    else:
+        result["verdict"] = UNDETERMINED
+    return result
+
+
+def _stats(stats: dict[str, Any]) -> str:
+    std = "n/a" if stats["std"] is None else f"{stats['std']:.4f}"
+    return f"{stats['mean']:.4f} ± {std} ({stats['n']} seeds)"
+
+
+def target_markdown(result: dict[str, Any]) -> str:
+    """Render the target check as one sentence and, when it was checked, one table row per metric."""
+    lead = (
+        f"Target: {result['model']} above the best of {', '.join(result['baselines'])} on the {result['split']} split, "
+        "by more than the larger sample standard deviation of the two"
+    )
+    if result["verdict"] == NOT_CHECKED:
+        return f"{lead}: **not checked** ({result['reason']}).\n"
+
+    lines = [
+        f"{lead}: **{result['verdict']}**.",
+        "",
+        f"| metric | {result['model']} | best baseline | baseline | difference | difference / std | verdict |",
+        "|---|---:|---|---:|---:|---:|---|",
+    ]
+    for row in result["rows"]:
+        ratio = "" if row["ratio"] is None else f"{row['ratio']:.1f}"
+        lines.append(
+            f"| {row['metric']} | {_stats(row['model'])} | {row['baseline']} | {_stats(row['reference'])} | "
+            f"{row['difference']:+.4f} | {ratio} | {row['verdict']} |"
+        )
+    return "\n".join(lines) + "\n"
