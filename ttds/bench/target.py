@@ -84,7 +84,8 @@ def check_target(target: TargetConfig, models: dict[str, Any]) -> dict[str, Any]
 
 def _stats(stats: dict[str, Any]) -> str:
     std = "n/a" if stats["std"] is None else f"{stats['std']:.4f}"
-    return f"{stats['mean']:.4f} ± {std} ({stats['n']} seeds)"
+    seeds = "1 seed" if stats["n"] == 1 else f"{stats['n']} seeds"
+    return f"{stats['mean']:.4f} ± {std} ({seeds})"
 
 
 def target_markdown(result: dict[str, Any]) -> str:
