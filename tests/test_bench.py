@@ -449,16 +449,49 @@ def test_unknown_target_model_gets_suggestion(tmp_path):
 def test_report_only_writes_target_section(tmp_path):
     # Two finished runs written by hand: mostpop with seed 0 and ttds with seed 0, as the runner lays them out.
     for model, hr in (("mostpop", 0.13), ("ttds", 0.09)):
-        run_dir = tmp_path / "out" / model / "seed0"
-        (run_dir / "evaluate").mkdir(parents=True)
-        (run_dir / "bench_run.json").write_text(json.dumps({"status": "finished", "wall_seconds": 1.0}))
-        metrics = {"test": {"hr@10": hr, "ndcg@10": hr / 2, "n_users": 10}}
-        (run_dir / "evaluate" / "metrics.json").write_text(json.dumps(metrics))
+        write_finished_run(tmp_path / "out", model, 0, {"test": {"hr@10": hr, "ndcg@10": hr / 2, "n_users": 10}})
     (tmp_path / "BENCHMARKS.md").write_text("# Benchmarks\n")
-    cfg = bench_config(tmp_path, ["report_only=true", "models=[mostpop,ttds]", "seeds=[0]"])
+    cfg = bench_config(tmp_path, ["report_only=true", "models=[mostpop,ttds]", "seeds=[0]", "target.baselines=[mostpop]"])
 
     summary = run_benchmark(cfg, DATASET_OVERRIDES, "python -m ttds.bench report_only=true (test)")
 
     assert summary["target"]["verdict"] == "not met"
     assert summary["target"]["rows"][0]["baseline"] == "mostpop"
-    assert "Target: ttds above the best of mostpop, sasrec, tiger on the test split" in (tmp_path / "BENCHMARKS.md").read_text()
+    assert "Target: ttds above the best of mostpop on the test split" in (tmp_path / "BENCHMARKS.md").read_text()
+
+
+def write_finished_run(out, model: str, seed: int, metrics: dict, record: dict | None = None) -> None:
+    run_dir = out / model / f"seed{seed}"
+    (run_dir / "evaluate").mkdir(parents=True)
+    (run_dir / "bench_run.json").write_text(json.dumps(record or {"status": "finished", "wall_seconds": 1.0}))
+    (run_dir / "evaluate" / "metrics.json").write_text(json.dumps(metrics))
+
+
+def test_report_names_file_of_nan_metric(tmp_path):
+    write_finished_run(tmp_path / "out", "mostpop", 0, {"test": {"hr@10": 0.1, "n_users": 10}})
+    write_finished_run(tmp_path / "out", "mostpop", 1, {"test": {"hr@10": float("nan"), "n_users": 10}})
+    cfg = bench_config(tmp_path, ["report_only=true", "models=[mostpop]", "benchmarks_md=null"])
+
+    with pytest.raises(ValueError, match=r"mostpop/seed1/evaluate/metrics.json: test.hr@10 is nan, not a finite number"):
+        run_benchmark(cfg, DATASET_OVERRIDES, "python -m ttds.bench report_only=true (test)")
+
+
+def test_report_without_wall_seconds(tmp_path):
+    write_finished_run(tmp_path / "out", "mostpop", 0, {"test": {"hr@10": 0.1, "n_users": 10}}, {"status": "finished"})
+    cfg = bench_config(tmp_path, ["report_only=true", "models=[mostpop]", "seeds=[0]", "benchmarks_md=null"])
+
+    summary = run_benchmark(cfg, DATASET_OVERRIDES, "python -m ttds.bench report_only=true (test)")
+
+    assert "wall_seconds" not in summary["models"]["mostpop"]
+    assert summary["models"]["mostpop"]["test"]["hr@10"]["mean"] == pytest.approx(0.1)
+
+
+def test_target_outside_models_is_logged(tmp_path, caplog):
+    write_finished_run(tmp_path / "out", "mostpop", 0, {"test": {"hr@10": 0.1, "n_users": 10}})
+    cfg = bench_config(tmp_path, ["report_only=true", "models=[mostpop]", "seeds=[0]", "benchmarks_md=null"])
+
+    with caplog.at_level(logging.INFO, logger="ttds.bench.report"):
+        summary = run_benchmark(cfg, DATASET_OVERRIDES, "python -m ttds.bench report_only=true (test)")
+
+    assert "target" not in summary
+    assert "target not checked: target.model=ttds is not among models=['mostpop']" in caplog.text

@@ -74,13 +74,24 @@ def summarize(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
             "seeds": [run["seed"] for run in finished],
             "missing_seeds": [run["seed"] for run in model_runs if run["metrics"] is None],
         }
+        walls = [float(run["record"]["wall_seconds"]) for run in finished if "wall_seconds" in run["record"]]
+        if walls:
+            entry["wall_seconds"] = mean_std(walls)
         if finished:
-            entry["wall_seconds"] = mean_std([float(run["record"].get("wall_seconds", math.nan)) for run in finished])
             for split in SPLITS:
                 names = [name for name in finished[0]["metrics"].get(split, {}) if all(name in run["metrics"].get(split, {}) for run in finished)]
-                entry[split] = {name: mean_std([float(run["metrics"][split][name]) for run in finished]) for name in names}
+                entry[split] = {name: mean_std([_metric_value(run, split, name) for run in finished]) for name in names}
         models[model] = entry
     return models
+
+
+def _metric_value(run: dict[str, Any], split: str, name: str) -> float:
+    """Return one finished run's metric, raising ValueError that names the file when it is not a finite number."""
+    value = run["metrics"][split][name]
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        path = run["run_dir"] / "evaluate" / "metrics.json"
+        raise ValueError(f"{path}: {split}.{name} is {value!r}, not a finite number; delete {run['run_dir']} and rerun it.")
+    return float(value)
 
 
 def _cell(stats: dict[str, Any] | None, digits: int = 4) -> str:
@@ -308,6 +319,8 @@ def write_report(bench: BenchConfig, invocation: str = "") -> dict[str, Any]:
     # The target is checked only when its model is in this invocation, so a baseline-only run reports no verdict.
     if bench.target is not None and bench.target.model in bench.models:
         summary["target"] = check_target(bench.target, summary["models"])
+    elif bench.target is not None:
+        log.info("target not checked: target.model=%s is not among models=%s", bench.target.model, bench.models)
 
     plots = []
     for name, draw in (

@@ -8,8 +8,11 @@ finished seeds on either side is "undetermined", because one seed has no standar
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
+
+from ttds.data.config import closest_hint
 
 MET, NOT_MET, UNDETERMINED, NOT_CHECKED = "met", "not met", "undetermined", "not checked"
 SPLITS = ("test", "valid")
@@ -47,30 +50,56 @@ def _metric_row(metric: str, own: dict[str, Any], references: dict[str, dict[str
         row["verdict"] = UNDETERMINED
     else:
         row["std"] = max(own["std"], best["std"])
-        row["ratio"] = difference / row["std"] if row["std"] > 0 else None
+        row["ratio"] = difference / row["std"] if row["std"] > 0 else math.inf
         row["verdict"] = MET if difference > row["std"] else NOT_MET
     return row
 
 
-def check_target(target: TargetConfig, models: dict[str, Any]) -> dict[str, Any]:
-    """Check ``target`` against the report's per-model summary ({model: {split: {metric: mean_std}}}).
+def _not_checked_reason(target: TargetConfig, models: dict[str, Any]) -> str | None:
+    """Name what keeps ``target`` from being checked on ``models`` (the report's per-model summary), or return None."""
+    names = [target.model, *target.baselines]
+    absent = [name for name in names if name not in models]
+    if absent:
+        return f"{absent} are not among this invocation's models; add them to models=[...] (report_only=true reads finished runs)"
 
-    Returns {"verdict", "reason", "rows"}. The overall verdict is "met" when every metric is met, "not met" when
-    any metric is not met, else "undetermined". "not checked" (with a reason) means a side has no finished run.
-    """
-    result: dict[str, Any] = {"model": target.model, "split": target.split, "baselines": target.baselines, "rows": [], "reason": None}
-    own = models.get(target.model, {}).get(target.split)
-    references = {name: models[name][target.split] for name in target.baselines if models.get(name, {}).get(target.split)}
-    if not own:
-        return result | {"verdict": NOT_CHECKED, "reason": f"{target.model} has no finished run with a {target.split} split"}
-    if not references:
-        return result | {"verdict": NOT_CHECKED, "reason": f"none of {target.baselines} has a finished run with a {target.split} split"}
+    unfinished = [name for name in names if not models[name]["seeds"]]
+    if unfinished:
+        return f"{unfinished} have no finished run"
+
+    # A split's metrics are those every finished seed reports, so one seed without the split empties it.
+    no_split = [name for name in names if not models[name].get(target.split)]
+    if no_split:
+        return (
+            f"not every finished run of {no_split} evaluated the {target.split} split; "
+            f"eval.splits decides which splits a run evaluates"
+        )
 
     for metric in target.metrics:
-        scored = {name: values[metric] for name, values in references.items() if metric in values}
-        if metric not in own or not scored:
-            return result | {"verdict": NOT_CHECKED, "reason": f"metric {metric} is missing from the {target.split} results"}
-        result["rows"].append(_metric_row(metric, own[metric], scored))
+        lacking = [name for name in names if metric not in models[name][target.split]]
+        if lacking:
+            # A metric that no model reports is most likely misspelt, so only then suggest the closest name.
+            known = set().union(*(models[name][target.split] for name in names))
+            hint = "" if metric in known else closest_hint([metric], known)
+            return f"metric {metric!r} is missing from the {target.split} results of {lacking}.{hint}"
+    return None
+
+
+def check_target(target: TargetConfig, models: dict[str, Any]) -> dict[str, Any]:
+    """Check ``target`` against the report's per-model summary ({model: {seeds, split: {metric: mean_std}}}).
+
+    Returns {"verdict", "reason", "rows"}. The overall verdict is "met" when every metric is met, "not met" when
+    any metric is not met, else "undetermined". "not checked" means a model or metric is missing, and the reason
+    names it; then there are no rows.
+    """
+    result: dict[str, Any] = {"model": target.model, "split": target.split, "baselines": target.baselines, "rows": [], "reason": None}
+    reason = _not_checked_reason(target, models)
+    if reason is not None:
+        return result | {"verdict": NOT_CHECKED, "reason": reason}
+
+    own = models[target.model][target.split]
+    for metric in target.metrics:
+        references = {name: models[name][target.split][metric] for name in target.baselines}
+        result["rows"].append(_metric_row(metric, own[metric], references))
 
     verdicts = {row["verdict"] for row in result["rows"]}
     if verdicts == {MET}:
@@ -79,7 +108,14 @@ def check_target(target: TargetConfig, models: dict[str, Any]) -> dict[str, Any]
         result["verdict"] = NOT_MET
     else:
         result["verdict"] = UNDETERMINED
+        single = [name for name in (target.model, *target.baselines) if len(models[name]["seeds"]) < 2]
+        result["reason"] = f"{single} have one finished seed, so no standard deviation"
     return result
+
+
+def _difference(value: float) -> str:
+    # Four decimals match the tables, but a margin below their resolution must not print as +0.0000.
+    return f"{value:+.4f}" if value == 0 or abs(value) >= 5e-5 else f"{value:+.1e}"
 
 
 def _stats(stats: dict[str, Any]) -> str:
@@ -95,18 +131,19 @@ def target_markdown(result: dict[str, Any]) -> str:
         "by more than the larger sample standard deviation of the two"
     )
     if result["verdict"] == NOT_CHECKED:
-        return f"{lead}: **not checked** ({result['reason']}).\n"
+        return f"{lead}: **not checked** ({result['reason'].rstrip('.')}).\n"
 
+    note = f" ({result['reason']})" if result["reason"] else ""
     lines = [
-        f"{lead}: **{result['verdict']}**.",
+        f"{lead}: **{result['verdict']}**{note}.",
         "",
         f"| metric | {result['model']} | best baseline | baseline | difference | difference / std | verdict |",
         "|---|---:|---|---:|---:|---:|---|",
     ]
     for row in result["rows"]:
-        ratio = "" if row["ratio"] is None else f"{row['ratio']:.1f}"
+        ratio = "" if row["ratio"] is None else f"{row['ratio']:.1f}"  # inf when both standard deviations are 0
         lines.append(
             f"| {row['metric']} | {_stats(row['model'])} | {row['baseline']} | {_stats(row['reference'])} | "
-            f"{row['difference']:+.4f} | {ratio} | {row['verdict']} |"
+            f"{_difference(row['difference'])} | {ratio} | {row['verdict']} |"
         )
     return "\n".join(lines) + "\n"
