@@ -23,7 +23,7 @@ class TargetConfig:
     """The ``target`` group of conf/bench.yaml: which model must beat which baselines, on which metrics and split."""
 
     model: str  # the model under test, e.g. ttds
-    baselines: list[str]  # the models it must beat; per metric the one with the best mean is the reference
+    baselines: list[str]  # the models it must beat. Per metric, the one with the best mean is the reference
     metrics: list[str] = field(default_factory=lambda: ["hr@10", "ndcg@10"])
     split: str = "test"
 
@@ -137,11 +137,12 @@ def target_markdown(result: dict[str, Any]) -> str:
     lines = [
         f"{lead}: **{result['verdict']}**{note}.",
         "",
-        f"| metric | {result['model']} | best baseline | baseline | difference | difference / std | verdict |",
+        f"| metric | {result['model']} | best baseline | its mean ± std | difference | difference / std | verdict |",
         "|---|---:|---|---:|---:|---:|---|",
     ]
     for row in result["rows"]:
-        ratio = "" if row["ratio"] is None else f"{row['ratio']:.1f}"  # inf when both standard deviations are 0
+        # The ratio is inf when both standard deviations are 0, and empty when it is not defined.
+        ratio = "" if row["ratio"] is None else f"{row['ratio']:.1f}"
         lines.append(
             f"| {row['metric']} | {_stats(row['model'])} | {row['baseline']} | {_stats(row['reference'])} | "
             f"{_difference(row['difference'])} | {ratio} | {row['verdict']} |"
