@@ -200,6 +200,7 @@ OVERLAY_DELTAS = {
     "ablation_no_alignment": {"tokenizer.user.infonce_weight": 0.0, "tokenizer.item.code_alignment_weight": 0.0, "llm.align_weight": 0.0},
     "ablation_no_high_order": {"tasks.mixture.user_to_users.weight": 0.0},
     "ablation_no_dynamic": {"llm.dynamic_steps": 0},
+    "sticky_ids": {"llm.id_stickiness": 1.0, "llm.dynamic_steps": 100},
     "movietweetings_cpu": {"dataset.name": "movietweetings_100k", "trainer.accelerator": "cpu"},
     "scientific": {"dataset.name": "amazon18_scientific", "trainer.accelerator": "cpu"},
     "gpu_beauty": {"dataset.name": "amazon14_beauty", "trainer.accelerator": "gpu", "tokenizer.semantic_encoder.model_path": "/models/lm"},

@@ -384,6 +384,21 @@ def test_dense_history_overlay_settings():
     check_stage_configs(cfg, ALL_STAGES)
 
 
+def test_sticky_ids_overlay_settings():
+    cfg = compose_train(["experiment=[demo,sticky_ids]"])
+
+    assert cfg.llm.id_stickiness == 1.0
+    assert cfg.llm.dynamic_steps > 0
+    check_stage_configs(cfg, ALL_STAGES)
+
+
+def test_negative_id_stickiness_is_rejected():
+    cfg = compose_train(["llm.id_stickiness=-1"])
+
+    with pytest.raises(ValueError, match=r"llm.id_stickiness=-1(\.0)? must not be negative"):
+        check_stage_configs(cfg, ALL_STAGES)
+
+
 def test_semantic_encoder_key_checked_early():
     cfg = compose_train(["+tokenizer.semantic_encoder.modle=x"])
 

@@ -31,7 +31,7 @@ def test_rolling_slice_sizes_are_balanced():
     assert max(sizes) - min(sizes) <= 1
 
 
-def _module(mode: str, refresh_every: int, user_refresh_every: int | None) -> DynamicRecommenderModule:
+def _module(mode: str, refresh_every: int, user_refresh_every: int | None, id_stickiness: float = 0.0) -> DynamicRecommenderModule:
     torch.manual_seed(0)
     tokenizer = build_bpe_tokenizer(with_bos=True)
     tokenizer.pad_token = tokenizer.eos_token
@@ -42,7 +42,7 @@ def _module(mode: str, refresh_every: int, user_refresh_every: int | None) -> Dy
         semantic = encode_texts(model, tokenizer, texts, 4, 32, torch.device("cpu"))
         sides.append(EntitySide(name, DualModalityVAE(config, 32, 8), texts, [f"{name}{i}" for i in range(len(texts))], semantic, None, 8 if name == "item" else 0))
     vocab = Vocabulary(item_ids=[""] * len(ITEM_TEXTS), user_ids=[""] * len(USER_TEXTS), item_titles=ITEM_TEXTS, item_texts=ITEM_TEXTS, user_texts=USER_TEXTS)
-    cfg = LLMConfig(refresh_every=refresh_every, user_refresh_every=user_refresh_every, refresh_mode=mode)
+    cfg = LLMConfig(refresh_every=refresh_every, user_refresh_every=user_refresh_every, refresh_mode=mode, id_stickiness=id_stickiness)
     module = DynamicRecommenderModule(model, tokenizer, cfg, 10, sides, vocab, text_max_length=32)
     # Zero the stored vectors so every re-embedded row shows up as non-zero.
     module.semantic_item.zero_()
@@ -97,6 +97,47 @@ def test_ids_follow_refreshed_vectors():
     assert module.vocab.item_ids != before
 
 
+def test_sticky_ids_stay_when_vectors_move():
+    module = _module("full", refresh_every=1, user_refresh_every=None, id_stickiness=1e9)
+    module.semantic_item.copy_(100 * torch.randn_like(module.semantic_item))
+    module.update_vocabulary(["item"])
+    before = list(module.vocab.item_ids)
+    codes_before = module.codes["item"].clone()
+    module.semantic_item.copy_(100 * torch.randn_like(module.semantic_item))  # new latents, other nearest codes
+    module.update_vocabulary(["item"])
+
+    assert module.vocab.item_ids == before
+    assert torch.equal(module.codes["item"], codes_before)
+    assert module.last_moved["item"] == 0
+
+
+def test_plain_ids_move_with_vectors():
+    torch.manual_seed(1)
+    plain = _module("full", refresh_every=1, user_refresh_every=None)
+    plain.semantic_item.copy_(100 * torch.randn_like(plain.semantic_item))
+    plain.update_vocabulary(["item"])
+    plain.semantic_item.copy_(100 * torch.randn_like(plain.semantic_item))
+    plain.update_vocabulary(["item"])
+
+    assert plain.last_moved["item"] > 0
+
+
+def test_resume_restores_sticky_codes():
+    module = _module("full", refresh_every=1, user_refresh_every=None, id_stickiness=0.5)
+    module.semantic_item.copy_(100 * torch.randn_like(module.semantic_item))
+    module.update_vocabulary()
+    checkpoint = {"state_dict": module.state_dict()}
+    module.on_save_checkpoint(checkpoint)
+    marked = torch.full_like(checkpoint["ttds_codes"]["item"], 3)
+    checkpoint["ttds_codes"]["item"] = marked
+
+    resumed = _module("full", refresh_every=1, user_refresh_every=None, id_stickiness=0.5)
+    resumed.on_load_checkpoint(checkpoint)
+
+    assert set(checkpoint["ttds_codes"]) == {"item", "user"}
+    assert torch.equal(resumed.codes["item"], marked)
+
+
 def test_resume_restores_prompt_ids():
     module = _module("rolling", refresh_every=3, user_refresh_every=None)
     module.update_vocabulary()
@@ -117,6 +158,8 @@ def test_resume_restores_prompt_ids():
 def test_invalid_refresh_settings_raise():
     with pytest.raises(ValueError, match="refresh_mode"):
         LLMConfig(refresh_mode="sometimes")
+    with pytest.raises(ValueError, match="id_stickiness"):
+        LLMConfig(id_stickiness=-0.5)
     with pytest.raises(ValueError, match="user_refresh_every"):
         LLMConfig(user_refresh_every=0)
 

@@ -198,3 +198,20 @@ def test_serve_rejects_unknown_users_by_default(tiny_run, tmp_path):
     assert result.returncode != 0
     assert "unknown_users=popular" in result.stdout + result.stderr
     assert not (tmp_path / "r.csv").exists()
+
+
+def test_sticky_ids_keep_tokenize_codes(tiny_run, tmp_path):
+    """With a huge llm.id_stickiness, stage 1's ID updates and the freeze keep every code of the tokenize stage."""
+    run_dir, env, _ = tiny_run
+    sticky_dir = tmp_path / "sticky"
+    shutil.copytree(run_dir, sticky_dir, ignore=shutil.ignore_patterns("llm", "evaluate"))
+    _run(["train.py", "experiment=tiny", "stage=llm", "llm.id_stickiness=1e6", f"paths.run_dir={sticky_dir}", f"hydra.run.dir={tmp_path / 'hydra'}"], env)
+    summary = json.loads((sticky_dir / "llm" / "DONE.json").read_text())
+    plain = json.loads((run_dir / "llm" / "DONE.json").read_text())
+
+    assert summary["freeze_ids_moved"] == {"item": 0, "user": 0}
+    assert set(plain["freeze_ids_moved"]) == {"item", "user"}
+    for side in ("item", "user"):
+        frozen = SemanticIdTable.load(sticky_dir / "llm" / f"{side}_table")
+        tokenized = SemanticIdTable.load(run_dir / "tokenize" / f"{side}_table")
+        assert (frozen.codes == tokenized.codes).all(), side

@@ -159,3 +159,42 @@ def test_config_rejects_invalid_values():
 def test_sinkhorn_defaults_to_last_level():
     assert QuantizerConfig(levels=3).sinkhorn_levels == [2]
     assert QuantizerConfig(levels=3, sinkhorn_levels=[]).sinkhorn_levels == []
+
+
+def _two_code_quantizer(levels: int = 1) -> ResidualQuantizer:
+    """Codewords (0, 0) and (1, 0) at every level, so the distances of a latent are easy to write down."""
+    quantizer = ResidualQuantizer(QuantizerConfig(levels=levels, codebook_size=2, kmeans_init=False), dim=2)
+    quantizer.codebooks.data[:] = torch.tensor([[0.0, 0.0], [1.0, 0.0]])
+    return quantizer.eval()
+
+
+def test_sticky_encode_keeps_code_within_margin():
+    quantizer = _two_code_quantizer()
+    z = torch.tensor([[0.55, 0.0]])  # squared distance 0.3025 to code 0, 0.2025 to code 1 (ratio 1.49)
+    previous = torch.tensor([[0]])
+
+    assert quantizer.encode(z).tolist() == [[1]]
+    assert quantizer.encode(z, previous, stickiness=0.6).tolist() == [[0]]
+    assert quantizer.encode(z, previous, stickiness=0.3).tolist() == [[1]]
+    assert quantizer.encode(z, previous, stickiness=0.0).tolist() == [[1]]
+
+
+def test_sticky_encode_uses_kept_residual():
+    quantizer = _two_code_quantizer(levels=2)
+    quantizer.codebooks.data[1] = torch.tensor([[0.0, 0.0], [1.2, 0.0]])
+    z = torch.tensor([[1.2, 0.0]])  # nearest path: level 0 code 1 (residual 0.2), then level 1 code 0
+    previous = torch.tensor([[0, 0]])  # level 0 code 0 is 1.44 away against 0.04 for code 1
+
+    assert quantizer.encode(z, previous, stickiness=1.0).tolist() == [[1, 0]]
+    # Level 0 kept at m = 50 leaves the residual 1.2, which level 1's code 1 matches exactly, so level 1 moves.
+    assert quantizer.encode(z, previous, stickiness=50.0).tolist() == [[0, 1]]
+
+
+def test_sticky_encode_rejects_bad_arguments():
+    quantizer = _two_code_quantizer(levels=2)
+    z = torch.zeros(3, 2)
+
+    with pytest.raises(ValueError, match="stickiness"):
+        quantizer.encode(z, torch.zeros(3, 2, dtype=torch.long), stickiness=-0.1)
+    with pytest.raises(ValueError, match="expected"):
+        quantizer.encode(z, torch.zeros(2, 2, dtype=torch.long), stickiness=0.5)

@@ -30,6 +30,7 @@ class LLMConfig:
     id_init: str = "text"  # "text": an ID token's row starts at the mean word embedding of its entities' texts; "mean": vocabulary mean + noise
     history_labels: bool = False  # also label the history item IDs of prompts that list a history (the method labels the response only)
     user_ids: bool = True  # false: prompts carry no user ID and the tasks that need user IDs are dropped (ablation)
+    id_stickiness: float = 0.0  # stage 1 and freeze: an entity keeps its code at a level while its squared distance is at most (1 + this) times the nearest codeword's; 0 = plain nearest codeword (the method)
     suffix_reserve: int = 16  # suffix tokens added beyond the initial table's, so IDs can move in stage 1
     checkpoint_every_n_steps: int = 100  # resumable checkpoint interval
     num_workers: int = 0  # DataLoader worker processes
@@ -39,7 +40,7 @@ class LLMConfig:
         for key in positive:
             if getattr(self, key) <= 0:
                 raise ValueError(f"llm.{key}={getattr(self, key)} must be positive.")
-        non_negative = ("weight_decay", "warmup_steps", "gradient_clip", "dynamic_steps", "tower_weight", "align_weight", "suffix_reserve", "num_workers")
+        non_negative = ("weight_decay", "warmup_steps", "gradient_clip", "dynamic_steps", "tower_weight", "align_weight", "id_stickiness", "suffix_reserve", "num_workers")
         for key in non_negative:
             if getattr(self, key) < 0:
                 raise ValueError(f"llm.{key}={getattr(self, key)} must not be negative.")

@@ -43,6 +43,7 @@ class EntitySide:
     semantic: Tensor  # (N, d_s) current text embeddings
     collaborative: Tensor | None  # (N, d_c) fixed SASRec vectors, or None when the tower is semantic-only
     n_suffix_tokens: int  # suffix tokens in the vocabulary; 0 for a table without suffixes
+    codes: np.ndarray | None = None  # (N, L) codes the prompts start from; None: the first ID update has nothing to keep
 
 
 def render_ids(table: SemanticIdTable, n_suffix_tokens: int) -> list[str]:
@@ -108,6 +109,9 @@ class DynamicRecommenderModule(RecommenderModule):
         self.reembedded = {side.name: 0 for side in sides}  # texts re-embedded so far, per side, restored on resume
         self.id_updates = {side.name: 0 for side in sides}  # scheduled ID recomputations so far, per side
         self._restored_ids: dict[str, list[str]] | None = None  # ID strings of a resumed checkpoint
+        # Current codes (N, L) per side: what `llm.id_stickiness` compares a recomputed code with.
+        self.codes: dict[str, Tensor | None] = {side.name: None if side.codes is None else torch.as_tensor(side.codes, dtype=torch.long) for side in sides}
+        self.last_moved: dict[str, int] = {}  # entities whose ID string changed at the last update, per side
         # One fixed permutation per side for rolling mode, seeded from the run's seed.
         self._orders = {side.name: np.random.default_rng(seed + i).permutation(len(side.texts)) for i, side in enumerate(sides)}
         self._generator = torch.Generator().manual_seed(cfg.checkpoint_every_n_steps * 7919 + total_steps)
@@ -125,12 +129,21 @@ class DynamicRecommenderModule(RecommenderModule):
 
     @torch.no_grad()
     def table(self, name: str, max_suffix: int | None = None) -> SemanticIdTable:
-        """Deterministic ID table of one side from the current embeddings and tower (nearest codeword, no balancing)."""
+        """Deterministic ID table of one side from the current embeddings and tower (nearest codeword, no balancing).
+
+        With ``llm.id_stickiness`` > 0 an entity keeps its current code at a level unless the nearest codeword is
+        clearly closer (``ResidualQuantizer.encode``).
+        """
         tower = self.towers[name]
         was_training = tower.training
         tower.eval()
         s, c = self._inputs(name)
-        codes = torch.cat([tower.encode(*[x.to(self.device) if x is not None else None for x in (s_part, c_part)]).cpu() for s_part, c_part in _chunks(s, c)])
+        previous = self.codes[name] if self.cfg.id_stickiness > 0 else None
+        parts = []
+        for s_part, c_part, p_part in _chunks(s, c, previous):
+            s_part, c_part = (x.to(self.device) if x is not None else None for x in (s_part, c_part))
+            parts.append(tower.encode(s_part, c_part, p_part, self.cfg.id_stickiness).cpu())
+        codes = torch.cat(parts)  # (N, L)
         tower.train(was_training)
         config = tower.config
         return SemanticIdTable(codes.numpy(), self.sides[name].keys, config.quantizer.codebook_size, config.id_prefix, config.add_suffix, max_suffix)
@@ -146,6 +159,8 @@ class DynamicRecommenderModule(RecommenderModule):
             current = self.vocab.item_ids if name == "item" else self.vocab.user_ids
             moved = sum(old != new for old, new in zip(current, ids, strict=True))
             current[:] = ids
+            self.codes[name] = torch.from_numpy(table.codes.astype(np.int64))
+            self.last_moved[name] = moved
             if self._trainer is not None and self.trainer.training:
                 # Large values late in stage 1 mean the index has not settled. A rising collision rate means the
                 # towers map more entities onto the same codes (Scientific users: 42% after tokenize, 60% after stage 1).
@@ -258,12 +273,14 @@ class DynamicRecommenderModule(RecommenderModule):
         checkpoint["ttds_id_updates"] = dict(self.id_updates)
         # The prompts' ID strings: mid-cycle they differ from what the restored vectors would give now.
         checkpoint["ttds_ids"] = {"item": list(self.vocab.item_ids), "user": list(self.vocab.user_ids)}
+        checkpoint["ttds_codes"] = {name: codes.clone() for name, codes in self.codes.items() if codes is not None}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.refreshes = checkpoint.get("ttds_refreshes", 0)
         self.reembedded.update(checkpoint.get("ttds_reembedded", {}))
         self.id_updates.update(checkpoint.get("ttds_id_updates", {}))
         self._restored_ids = checkpoint.get("ttds_ids")
+        self.codes.update(checkpoint.get("ttds_codes", {}))
 
     def on_train_start(self) -> None:
         if self._restored_ids is not None:
@@ -275,7 +292,8 @@ class DynamicRecommenderModule(RecommenderModule):
         self.update_vocabulary()
 
 
-def _chunks(s: Tensor | None, c: Tensor | None, size: int = 8192):
-    n = (s if s is not None else c).shape[0]
+def _chunks(*tensors: Tensor | None, size: int = 8192):
+    """Yield aligned row slices of the tensors that are not None (None stays None)."""
+    n = next(t for t in tensors if t is not None).shape[0]
     for start in range(0, n, size):
-        yield (s[start : start + size] if s is not None else None), (c[start : start + size] if c is not None else None)
+        yield tuple(t[start : start + size] if t is not None else None for t in tensors)

@@ -164,6 +164,7 @@ def run(ctx: RunContext) -> dict:
                 semantic=tok.semantic[side],
                 collaborative=tok.collaborative[side],
                 n_suffix_tokens=suffix_tokens if side == "item" else 0,
+                codes=tables[side].codes,
             )
             for side in sides_used
         ]
@@ -190,6 +191,7 @@ def run(ctx: RunContext) -> dict:
             tables["user"] = module.table("user")
         summary["stage1_id_updates"] = dict(module.id_updates)
         summary["stage1_reembedded_texts"] = dict(module.reembedded)
+        summary["freeze_ids_moved"] = dict(module.last_moved)  # entities whose ID the freeze changed, per side
 
     for side in SIDES:
         tables[side].save(out / f"{side}_table")

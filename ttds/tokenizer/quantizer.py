@@ -251,13 +251,31 @@ class ResidualQuantizer(nn.Module):
         )
 
     @torch.no_grad()
-    def encode(self, z: Tensor) -> Tensor:
-        """Map latents (B, D) to codes (B, L) by nearest codeword at every level, with no balancing."""
+    def encode(self, z: Tensor, previous: Tensor | None = None, stickiness: float = 0.0) -> Tensor:
+        """Map latents (B, D) to codes (B, L) by nearest codeword at every level, with no balancing.
+
+        With ``previous`` codes (B, L) and ``stickiness`` m > 0, a row keeps its previous code at a level while that
+        codeword's squared distance to the residual is at most (1 + m) times the nearest one's, so small moves of
+        the latent leave the ID as it was. Levels are decided in order, each on the residual the kept or new
+        codes of the levels above leave. m = 0 is plain nearest codeword.
+        """
+        if stickiness < 0:
+            raise ValueError(f"stickiness={stickiness} must not be negative; use 0 for the plain nearest codeword.")
+        if previous is not None and previous.shape != (z.shape[0], self.levels):
+            raise ValueError(f"previous codes have shape {tuple(previous.shape)}; expected {(z.shape[0], self.levels)}.")
+        sticky = previous is not None and stickiness > 0
+
         residual = z.detach().float()
         codes = []
         for level in range(self.levels):
             codebook = self.codebooks[level].float()
-            idx = squared_distances(residual, codebook).argmin(dim=1)
+            distances = squared_distances(residual, codebook)  # (B, K)
+            idx = distances.argmin(dim=1)  # (B,)
+            if sticky:
+                old = previous[:, level].to(idx.device)  # (B,)
+                nearest = distances.gather(1, idx[:, None]).squeeze(1)
+                keep = distances.gather(1, old[:, None]).squeeze(1) <= (1.0 + stickiness) * nearest
+                idx = torch.where(keep, old, idx)
             codes.append(idx)
             residual = residual - codebook[idx]
         return torch.stack(codes, dim=-1)

@@ -304,9 +304,13 @@ class DualModalityVAE(nn.Module):
         return self.posteriors(s, c)["fused"][0]
 
     @torch.no_grad()
-    def encode(self, s: Tensor | None, c: Tensor | None) -> Tensor:
-        """Codes (B, L) of raw inputs: nearest codeword of the fused posterior mean at every level, no balancing."""
-        return self.quantizer.encode(self.latent(s, c))
+    def encode(self, s: Tensor | None, c: Tensor | None, previous: Tensor | None = None, stickiness: float = 0.0) -> Tensor:
+        """Codes (B, L) of raw inputs: nearest codeword of the fused posterior mean at every level, no balancing.
+
+        ``previous`` and ``stickiness`` are passed to ``ResidualQuantizer.encode``: rows keep codes they already have
+        unless the nearest codeword is clearly closer.
+        """
+        return self.quantizer.encode(self.latent(s, c), previous, stickiness)
 
     @torch.no_grad()
     def reconstruction_errors(self, s: Tensor | None, c: Tensor | None) -> dict[str, float]:
