@@ -395,7 +395,7 @@ def test_sticky_ids_overlay_settings():
 def test_negative_id_stickiness_is_rejected():
     cfg = compose_train(["llm.id_stickiness=-1"])
 
-    with pytest.raises(ValueError, match=r"llm.id_stickiness=-1(\.0)? must not be negative"):
+    with pytest.raises(ValueError, match=r"llm.id_stickiness=-1(\.0)? must not be negative\. Use 0 for the method's plain nearest codeword\."):
         check_stage_configs(cfg, ALL_STAGES)
 
 

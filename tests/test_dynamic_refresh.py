@@ -138,6 +138,35 @@ def test_resume_restores_sticky_codes():
     assert torch.equal(resumed.codes["item"], marked)
 
 
+def test_loading_checkpoint_restores_ids_at_once():
+    """A stage resumed at its last step skips on_train_start, and the freeze still needs the checkpoint's IDs."""
+    module = _module("rolling", refresh_every=3, user_refresh_every=None)
+    module.update_vocabulary()
+    checkpoint = {"state_dict": module.state_dict()}
+    module.on_save_checkpoint(checkpoint)
+    checkpoint["ttds_ids"]["user"] = [f"{ids}<mark>" for ids in checkpoint["ttds_ids"]["user"]]
+
+    resumed = _module("rolling", refresh_every=3, user_refresh_every=None)
+    resumed.on_load_checkpoint(checkpoint)
+
+    assert resumed.vocab.user_ids == checkpoint["ttds_ids"]["user"]
+    assert resumed.vocab.item_ids == module.vocab.item_ids
+
+
+def test_old_checkpoint_without_codes_drops_sticky_codes():
+    module = _module("full", refresh_every=1, user_refresh_every=None, id_stickiness=0.5)
+    module.update_vocabulary()
+    checkpoint = {"state_dict": module.state_dict()}
+    module.on_save_checkpoint(checkpoint)
+    del checkpoint["ttds_codes"]
+
+    resumed = _module("full", refresh_every=1, user_refresh_every=None, id_stickiness=0.5)
+    resumed.codes["item"] = torch.zeros(len(ITEM_TEXTS), 2, dtype=torch.long)
+    resumed.on_load_checkpoint(checkpoint)
+
+    assert resumed.codes == {"item": None, "user": None}
+
+
 def test_resume_restores_prompt_ids():
     module = _module("rolling", refresh_every=3, user_refresh_every=None)
     module.update_vocabulary()

@@ -43,7 +43,8 @@ class LLMConfig:
         non_negative = ("weight_decay", "warmup_steps", "gradient_clip", "dynamic_steps", "tower_weight", "align_weight", "id_stickiness", "suffix_reserve", "num_workers")
         for key in non_negative:
             if getattr(self, key) < 0:
-                raise ValueError(f"llm.{key}={getattr(self, key)} must not be negative.")
+                hint = " Use 0 for the method's plain nearest codeword." if key == "id_stickiness" else ""
+                raise ValueError(f"llm.{key}={getattr(self, key)} must not be negative.{hint}")
         if self.user_refresh_every is not None and self.user_refresh_every <= 0:
             raise ValueError(f"llm.user_refresh_every={self.user_refresh_every} must be positive, or null to use llm.refresh_every.")
         if self.id_init not in ("text", "mean"):

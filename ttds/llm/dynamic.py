@@ -108,7 +108,7 @@ class DynamicRecommenderModule(RecommenderModule):
         self.refreshes = 0
         self.reembedded = {side.name: 0 for side in sides}  # texts re-embedded so far, per side, restored on resume
         self.id_updates = {side.name: 0 for side in sides}  # scheduled ID recomputations so far, per side
-        self._restored_ids: dict[str, list[str]] | None = None  # ID strings of a resumed checkpoint
+        self._resumed = False  # True once a checkpoint's prompt IDs are restored, so on_train_start keeps them
         # Current codes (N, L) per side: what `llm.id_stickiness` compares a recomputed code with.
         self.codes: dict[str, Tensor | None] = {side.name: None if side.codes is None else torch.as_tensor(side.codes, dtype=torch.long) for side in sides}
         self.last_moved: dict[str, int] = {}  # entities whose ID string changed at the last update, per side
@@ -279,14 +279,23 @@ class DynamicRecommenderModule(RecommenderModule):
         self.refreshes = checkpoint.get("ttds_refreshes", 0)
         self.reembedded.update(checkpoint.get("ttds_reembedded", {}))
         self.id_updates.update(checkpoint.get("ttds_id_updates", {}))
-        self._restored_ids = checkpoint.get("ttds_ids")
-        self.codes.update(checkpoint.get("ttds_codes", {}))
+        restored = checkpoint.get("ttds_ids")
+        if restored is not None:
+            # Restored here rather than in on_train_start: a stage resumed at its last step skips the training loop,
+            # and the freeze that follows compares against these IDs.
+            self.vocab.item_ids[:] = restored["item"]
+            self.vocab.user_ids[:] = restored["user"]
+            self._resumed = True
+        if "ttds_codes" in checkpoint:
+            self.codes.update(checkpoint["ttds_codes"])
+        elif restored is not None and self.cfg.id_stickiness > 0:
+            # A checkpoint from before llm.id_stickiness: its IDs no longer match the start codes, so keep nothing.
+            log.warning("stage-1 checkpoint has no ttds_codes, so the next ID update ignores llm.id_stickiness")
+            self.codes = dict.fromkeys(self.codes)
 
     def on_train_start(self) -> None:
-        if self._restored_ids is not None:
-            # Resuming: prompts continue with the IDs they had when the checkpoint was written.
-            self.vocab.item_ids[:] = self._restored_ids["item"]
-            self.vocab.user_ids[:] = self._restored_ids["user"]
+        if self._resumed:
+            # Resuming: prompts continue with the IDs they had when the checkpoint was written (on_load_checkpoint).
             return
         # A fresh start: the IDs of the tokenize stage's towers, recomputed from the vectors stage 1 starts from.
         self.update_vocabulary()

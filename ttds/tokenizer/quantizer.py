@@ -262,7 +262,10 @@ class ResidualQuantizer(nn.Module):
         if stickiness < 0:
             raise ValueError(f"stickiness={stickiness} must not be negative; use 0 for the plain nearest codeword.")
         if previous is not None and previous.shape != (z.shape[0], self.levels):
-            raise ValueError(f"previous codes have shape {tuple(previous.shape)}; expected {(z.shape[0], self.levels)}.")
+            raise ValueError(
+                f"previous codes have shape {tuple(previous.shape)}; expected {(z.shape[0], self.levels)}, one code per "
+                "level for each latent. Pass codes from a table of this quantizer, or previous=None."
+            )
         sticky = previous is not None and stickiness > 0
 
         residual = z.detach().float()
