@@ -8,7 +8,7 @@ import torch
 
 from ttds.data.dataset import ProcessedDataset
 from ttds.data.views import evaluation_examples, training_sequences
-from ttds.models.sasrec import IGNORE_INDEX, SASRec, pad_histories
+from ttds.models.sasrec import IGNORE_INDEX, SASRec, pad_histories, sample_negatives
 from ttds.models.sasrec_module import (
     SASRecConfig,
     SASRecDataModule,
@@ -172,3 +172,48 @@ def test_train_rejects_items_outside_catalogue():
         train_sasrec([np.array([0, 1]), np.array([2, 30])], N_ITEMS, TINY, CPU)
     with pytest.raises(ValueError, match=r"valid_targets has shape \(1,\); expected \(2,\)"):
         train_sasrec([np.array([0, 1]), np.array([2, 3])], N_ITEMS, TINY, CPU, valid_targets=np.array([4]))
+
+
+def test_bce_training_learns_successor_pattern():
+    train, valid, _ = successor_sequences(seed=1)
+    config = SASRecConfig(**{**TINY.__dict__, "loss": "bce", "negatives": 4, "epochs": 10})
+    model = train_sasrec(train, N_ITEMS, config, CPU, valid_targets=valid)
+
+    assert evaluate_ranking(model, train, valid, ks=(10,))["hr@10"] > 0.9
+
+
+def test_negatives_skip_the_positive_uniformly():
+    positives = torch.tensor([0, 2, 4])
+    sampled = sample_negatives(positives, 5, 4000, torch.Generator().manual_seed(0))  # (3, 4000)
+
+    assert sampled.shape == (3, 4000)
+    assert not (sampled == positives.unsqueeze(1)).any()
+    for row, positive in enumerate(positives.tolist()):
+        counts = torch.bincount(sampled[row], minlength=5).float()
+        others = torch.cat([counts[:positive], counts[positive + 1 :]])
+        assert others.min() > 900, (row, counts.tolist())  # 1,000 expected for each of the 4 other items
+
+
+def test_bce_loss_is_finite_and_trains():
+    torch.manual_seed(0)
+    model = SASRec(N_ITEMS, hidden=16, layers=1, heads=2, max_len=10, dropout=0.0)
+    train, _, _ = successor_sequences(n_users=50)
+    inputs, targets = training_windows(train, 10)
+    before = float(model.sampled_bce_loss(inputs, targets, 1, torch.Generator().manual_seed(0)))
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for step in range(30):
+        optimizer.zero_grad()
+        model.sampled_bce_loss(inputs, targets, 1, torch.Generator().manual_seed(step)).backward()
+        optimizer.step()
+    after = float(model.sampled_bce_loss(inputs, targets, 1, torch.Generator().manual_seed(0)))
+
+    assert math.isfinite(before)
+    assert abs(before - 2 * math.log(2)) < 0.1  # near-zero logits: log 2 for the positive and for the negative
+    assert after < 0.5 * before
+
+
+def test_config_rejects_unknown_loss():
+    with pytest.raises(ValueError, match=r"sasrec.loss='bpr' is invalid; use 'ce'"):
+        SASRecConfig(loss="bpr")
+    with pytest.raises(ValueError, match="sasrec.negatives=0 must be at least 1"):
+        SASRecConfig(loss="bce", negatives=0)

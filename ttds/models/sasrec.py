@@ -8,8 +8,9 @@ Differences from the original implementation, which are choices of this project:
   final LayerNorm). The original normalises only the attention queries.
 - Positions count back from the end of the window (the last item always gets position max_len - 1), so a
   short unpadded input scores the same as the same items left-padded to max_len.
-- Training uses full-softmax cross-entropy over all items at every non-pad position instead of one sampled
-  negative with binary cross-entropy. Item embeddings are shared between input and output, as in the original.
+- Training uses full-softmax cross-entropy over all items at every non-pad position by default. The original's
+  binary cross-entropy against sampled negatives is ``sampled_bce_loss`` (``sasrec.loss=bce``), kept to compare
+  with published numbers that used it. Item embeddings are shared between input and output, as in the original.
 """
 
 from __future__ import annotations
@@ -26,6 +27,17 @@ log = logging.getLogger(__name__)
 
 PAD = 0  # model-side id of padding; model-side item id = item_idx + 1
 IGNORE_INDEX = -100  # target of padded positions, skipped by the loss
+
+
+def sample_negatives(positives: torch.Tensor, n_items: int, negatives: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Draw ``negatives`` item_idx per entry of ``positives`` (N,), uniformly from the other n_items - 1 items: (N, negatives)."""
+    if n_items < 2:
+        raise ValueError(f"sampled negatives need at least 2 items, got n_items={n_items}; use sasrec.loss=ce.")
+
+    # Draw from 0..n_items-2, then step over the positive, so every other item has the same chance.
+    draws = torch.randint(0, n_items - 1, (positives.shape[0], negatives), generator=generator)
+    draws = draws.to(positives.device)
+    return draws + (draws >= positives.unsqueeze(1)).long()
 
 
 class CausalSelfAttention(nn.Module):
@@ -134,6 +146,25 @@ class SASRec(nn.Module):
         labelled = targets != IGNORE_INDEX  # (B, T)
         # Logits only where there is a target: (N, n_items) instead of (B, T, n_items).
         return F.cross_entropy(self.logits(hidden[labelled]), targets[labelled])
+
+    def sampled_bce_loss(self, input_ids: torch.Tensor, targets: torch.Tensor, negatives: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Return the mean binary cross-entropy of each labelled position's target against ``negatives`` sampled items.
+
+        Negatives are drawn uniformly from the items other than the position's target (the original SASRec also
+        skips the rest of the user's history). Both terms are averaged over labelled positions, as in the original.
+        """
+        hidden = self(input_ids)  # (B, T, C)
+        labelled = targets != IGNORE_INDEX  # (B, T)
+        states = hidden[labelled]  # (N, C)
+        positives = targets[labelled]  # (N,) item_idx
+
+        sampled = sample_negatives(positives, self.n_items, negatives, generator)  # (N, negatives)
+        table = self.item_embeddings()  # (n_items, C)
+        positive_logits = (states * table[positives]).sum(-1)  # (N,)
+        negative_logits = torch.einsum("nc,nkc->nk", states, table[sampled])  # (N, negatives)
+        positive_loss = F.binary_cross_entropy_with_logits(positive_logits, torch.ones_like(positive_logits))
+        negative_loss = F.binary_cross_entropy_with_logits(negative_logits, torch.zeros_like(negative_logits), reduction="none").sum(-1).mean()
+        return positive_loss + negative_loss
 
     def predict(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Scores (B, n_items) of every item as the next one after left-padded histories ``input_ids`` (B, T)."""

@@ -49,6 +49,8 @@ class SASRecConfig:
     batch_size: int = 128  # training windows per step
     patience: int = 5  # validation epochs without a better val/ndcg@10 before stopping; 0 never stops early
     seed: int = 0  # seeds weights, dropout and shuffling
+    loss: str = "ce"  # "ce": full-softmax cross-entropy; "bce": binary cross-entropy against sampled negatives (the original SASRec)
+    negatives: int = 1  # with loss="bce": negatives sampled per labelled position
 
     def __post_init__(self) -> None:
         positive = {"hidden": self.hidden, "layers": self.layers, "heads": self.heads, "max_len": self.max_len}
@@ -56,6 +58,10 @@ class SASRecConfig:
         for name, value in positive.items():
             if value < 1:
                 raise ValueError(f"sasrec.{name}={value} must be at least 1.")
+        if self.loss not in ("ce", "bce"):
+            raise ValueError(f"sasrec.loss={self.loss!r} is invalid; use 'ce' (full softmax) or 'bce' (sampled negatives).")
+        if self.negatives < 1:
+            raise ValueError(f"sasrec.negatives={self.negatives} must be at least 1.")
         if self.hidden % self.heads:
             raise ValueError(f"sasrec.hidden={self.hidden} is not divisible by sasrec.heads={self.heads}; pick heads that divide hidden.")
         if not 0.0 <= self.dropout < 1.0:
@@ -176,17 +182,21 @@ class SASRecDataModule(L.LightningDataModule):
 
 
 class SASRecModule(L.LightningModule):
-    """Full-softmax next-item training of SASRec; logs train/loss and val/hr@10, val/ndcg@10."""
+    """Next-item training of SASRec (full softmax, or sampled BCE with sasrec.loss=bce); logs train/loss and val/hr@10, val/ndcg@10."""
 
     def __init__(self, n_items: int, cfg: SASRecConfig):
         super().__init__()
         self.save_hyperparameters({"n_items": n_items, **asdict(cfg)})
         self.cfg = cfg
         self.model = SASRec(n_items, cfg.hidden, cfg.layers, cfg.heads, cfg.max_len, cfg.dropout)
+        self._negatives = torch.Generator().manual_seed(cfg.seed)  # negative samples of sasrec.loss=bce
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         inputs, targets = batch
-        loss = self.model.loss(inputs, targets)
+        if self.cfg.loss == "bce":
+            loss = self.model.sampled_bce_loss(inputs, targets, self.cfg.negatives, self._negatives)
+        else:
+            loss = self.model.loss(inputs, targets)
         self.log("train/loss", loss, prog_bar=True, on_step=False, on_epoch=True, batch_size=len(inputs))
         return loss
 
