@@ -6,11 +6,12 @@ import math
 import numpy as np
 import polars as pl
 import pytest
+import torch
 
 from ttds.baselines import baseline_function
 from ttds.baselines.mostpop import popularity_ranking
 from ttds.baselines.mostpop import run as run_mostpop
-from ttds.baselines.sasrec import SASRecBaselineConfig, evaluate, fit
+from ttds.baselines.sasrec import SASRecBaselineConfig, evaluate, fit, full_histories, full_ranking_scorer
 from ttds.baselines.sasrec import run as run_sasrec
 from ttds.data.dataset import ProcessedDataset
 from ttds.data.views import evaluation_examples
@@ -158,3 +159,26 @@ def test_sasrec_baseline_rejects_seed_option(successor_dataset, tmp_path):
 def test_sasrec_baseline_rejects_history_past_max_len(successor_dataset, tmp_path):
     with pytest.raises(ValueError, match=r"sasrec.max_history=30 must be in 1..sasrec.max_len=10"):
         run_sasrec(successor_dataset, tmp_path, seed=0, options={"sasrec": TINY_SASREC, "max_history": 30})
+
+
+def test_sasrec_excluded_history_never_ranked(sasrec_model, successor_dataset):
+    model, _, _ = sasrec_model
+    excluded = full_histories(successor_dataset, "test")
+    test = evaluation_examples(successor_dataset, "test", TINY_SASREC["max_len"])
+    users, histories = test["user_idx"].to_list(), test["history"].to_list()
+    ranked = full_ranking_scorer(model, torch.device("cpu"), 10, excluded)(users, histories)  # (200, 10)
+    plain = full_ranking_scorer(model, torch.device("cpu"), 10)(users, histories)
+
+    assert all(len(excluded[user]) >= 4 for user in users)
+    for row, user in enumerate(users):
+        assert not set(ranked[row].tolist()) & set(excluded[user]), user
+    # A model that learned the walk puts recent history items near the top, so excluding them changes the lists.
+    assert not torch.equal(ranked, plain)
+
+
+def test_sasrec_baseline_exclude_history_option(successor_dataset, tmp_path):
+    options = {"sasrec": {**TINY_SASREC, "epochs": 1}, "accelerator": "cpu", "exclude_history": True}
+    rows = run_sasrec(successor_dataset, tmp_path, seed=1, options=options)
+
+    assert rows["test"]["n_users"] == 200
+    assert rows["test"]["invalid_user_rate"] == 0.0

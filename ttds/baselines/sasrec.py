@@ -9,7 +9,8 @@ Protocol, the same as the evaluate stage except for the history length:
   it was trained on. The LM prompts keep ``dataset.preprocess.max_history`` (20) items; set ``max_history: 20``
   to give SASRec the same input.
 - Every catalogue item is scored; the top K of the full scores go through RankingMetrics. History items are
-  not excluded. Ties in score are broken by ``torch.topk``, which has no defined order among equal values.
+  not excluded unless ``exclude_history`` is set, which drops every item the user had before the target, as the
+  S3-Rec code behind the published P5 baselines does. Ties in score are broken by ``torch.topk``, which has no defined order among equal values.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ from ttds.stages.context import write_json_atomic
 
 log = logging.getLogger(__name__)
 
+EVERY_ITEM = 1_000_000  # history length that keeps every event of a user
+
 
 @dataclass
 class SASRecBaselineConfig:
@@ -44,6 +47,7 @@ class SASRecBaselineConfig:
     accelerator: str = "auto"  # Lightning accelerator for training: cpu, gpu or auto
     precision: str = "32-true"  # Lightning precision for training, e.g. bf16-mixed on a GPU
     eval_batch_size: int = 512  # users scored per forward pass at evaluation
+    exclude_history: bool = False  # drop every item the user had before the target from the ranking (the S3-Rec protocol)
 
     def __post_init__(self) -> None:
         self.cutoffs = check_cutoffs(self.cutoffs, "sasrec")
@@ -64,17 +68,30 @@ class SASRecBaselineConfig:
         return length
 
 
-def full_ranking_scorer(model: SASRec, device: torch.device, list_length: int):
-    """Return a scorer that ranks all items for each history by SASRec's next-item score, best first."""
+def full_ranking_scorer(model: SASRec, device: torch.device, list_length: int, excluded: dict[int, list[int]] | None = None):
+    """Return a scorer that ranks all items for each history by SASRec's next-item score, best first.
+
+    ``excluded`` maps a user_idx to items that must not be ranked (scored -inf), e.g. the user's whole history.
+    """
     k = min(list_length, model.n_items)
 
     @torch.inference_mode()
     def scorer(users: list[int], histories: list[list[int]]) -> torch.Tensor:
         input_ids = pad_histories(histories, model.max_len).to(device)  # (B, max_len)
         scores = model.predict(input_ids).float()  # (B, n_items)
+        if excluded is not None:
+            rows = [row for row, user in enumerate(users) for _ in excluded.get(user, ())]
+            columns = [item for user in users for item in excluded.get(user, ())]
+            scores[torch.tensor(rows, dtype=torch.long), torch.tensor(columns, dtype=torch.long)] = float("-inf")
         return scores.topk(k, dim=1).indices  # (B, k)
 
     return scorer
+
+
+def full_histories(dataset: ProcessedDataset, split: str) -> dict[int, list[int]]:
+    """Map each ``split`` user_idx to every item before its target, untruncated."""
+    examples = evaluation_examples(dataset, split, EVERY_ITEM)
+    return dict(zip(examples["user_idx"].to_list(), examples["history"].to_list(), strict=True))
 
 
 def _evaluation_device(model: SASRec, accelerator: str) -> torch.device:
@@ -98,9 +115,10 @@ def evaluate(model: SASRec, dataset: ProcessedDataset, cfg: SASRecBaselineConfig
     device = _evaluation_device(model, cfg.accelerator)
     model = model.to(device).eval()
     max_history = cfg.history_length()
-    scorer = full_ranking_scorer(model, device, max(*cfg.cutoffs, 10))
     rows, per_user = {}, {}
     for split in SPLITS:
+        excluded = full_histories(dataset, split) if cfg.exclude_history else None
+        scorer = full_ranking_scorer(model, device, max(*cfg.cutoffs, 10), excluded)
         rows[split], per_user[split] = evaluate_scorer(dataset, split, max_history, scorer, cfg.cutoffs, cfg.eval_batch_size)
     return rows, per_user
 
