@@ -167,7 +167,8 @@ def section_body(bench: BenchConfig, summary: dict[str, Any], plots: list[Path])
         "Commands that produced these runs: " + ", ".join(f"`{command}`" for command in summary["run_commands"]),
         "",
         f"Seeds {bench.seeds}; each cell is the mean ± sample standard deviation over the finished seeds. "
-        "Full ranking over the whole catalogue, leave-one-out, history items not excluded.",
+        "Full ranking over the whole catalogue, leave-one-out, history items not excluded (except by a model with "
+        "`exclude_history: true` in its options).",
         f"Machine: {_machine_line(summary['machines'])}. Git commit: {', '.join(dict.fromkeys(commits)) or 'unknown'}. "
         f"Generated {summary['generated_at']}."
         + (f" 1-minute load average at run start: {min(loads):.1f} to {max(loads):.1f}, so wall times are noisy." if loads else ""),
