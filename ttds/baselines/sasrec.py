@@ -47,6 +47,7 @@ class SASRecBaselineConfig:
     accelerator: str = "auto"  # Lightning accelerator for training: cpu, gpu or auto
     precision: str = "32-true"  # Lightning precision for training, e.g. bf16-mixed on a GPU
     eval_batch_size: int = 512  # users scored per forward pass at evaluation
+    # NOTE: the evaluate stage's eval.exclude_history does not reach the baselines, and MostPop has no such option.
     exclude_history: bool = False  # drop every item the user had before the target from the ranking (the S3-Rec protocol)
 
     def __post_init__(self) -> None:

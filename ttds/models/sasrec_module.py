@@ -189,7 +189,7 @@ class SASRecModule(L.LightningModule):
         self.save_hyperparameters({"n_items": n_items, **asdict(cfg)})
         self.cfg = cfg
         self.model = SASRec(n_items, cfg.hidden, cfg.layers, cfg.heads, cfg.max_len, cfg.dropout)
-        self._negatives = torch.Generator().manual_seed(cfg.seed)  # negative samples of sasrec.loss=bce
+        self._negatives = torch.Generator().manual_seed(cfg.seed)  # draws the negatives of sasrec.loss=bce, seeded like the weights
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         inputs, targets = batch
