@@ -182,3 +182,12 @@ def test_sasrec_baseline_exclude_history_option(successor_dataset, tmp_path):
 
     assert rows["test"]["n_users"] == 200
     assert rows["test"]["invalid_user_rate"] == 0.0
+
+
+def test_sasrec_excluded_items_leave_empty_slots(sasrec_model):
+    model, _, _ = sasrec_model
+    excluded = {0: list(range(35))}  # 5 of the 40 items remain for a top 10
+    ranked = full_ranking_scorer(model, torch.device("cpu"), 10, excluded)([0], [[1, 2, 3]])  # (1, 10)
+
+    assert sorted(ranked[0, :5].tolist()) == [35, 36, 37, 38, 39]
+    assert ranked[0, 5:].tolist() == [-1] * 5

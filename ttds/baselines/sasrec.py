@@ -83,8 +83,12 @@ def full_ranking_scorer(model: SASRec, device: torch.device, list_length: int, e
         if excluded is not None:
             rows = [row for row, user in enumerate(users) for _ in excluded.get(user, ())]
             columns = [item for user in users for item in excluded.get(user, ())]
-            scores[torch.tensor(rows, dtype=torch.long), torch.tensor(columns, dtype=torch.long)] = float("-inf")
-        return scores.topk(k, dim=1).indices  # (B, k)
+            index = (torch.tensor(rows, dtype=torch.long, device=scores.device), torch.tensor(columns, dtype=torch.long, device=scores.device))
+            scores[index] = float("-inf")
+
+        values, ranked = scores.topk(k, dim=1)  # (B, k)
+        # With fewer than k items left, topk fills the list with excluded items: those slots become empty (-1).
+        return ranked.masked_fill(values == float("-inf"), -1)
 
     return scorer
 
